@@ -1,0 +1,207 @@
+"""The model-wide HAMU transform: from paired flat gradients to one update for every trainable tensor.
+
+Two modes:
+
+* ``layerwise`` (default): every tensor t is its own block with radius R_t and constraint share B_t. Because
+  Σ_t R_t² = R² and Σ_t B_t = B, the concatenated update is a feasible point of the whole-model problem
+  whenever every block is feasible.
+* ``global``: the whole model is one block, solved exactly. Unlike the reference implementation (which
+  normalises the orthogonal part per tensor, overshooting R), the orthogonal direction is normalised by its
+  global norm, so the result is the true optimum of the whole-model problem.
+
+Radius: ``lr`` radius R_t = η‖g_eff,t‖ (the effective retain gradient: g_r for HAMU-Q, g_f for HAMU-U),
+which turns the direct branch into exactly an SGD step; or a fixed total radius R split as
+R_t = R·‖g_eff,t‖/‖g_eff‖, so that Σ_t R_t² = R² (the reference gives every tensor the full R).
+
+Constraint split (layer-wise): ``grad-norm`` (default, the paper's) B_t = B·‖g_r,t‖‖g_f,t‖/S with
+S = Σ_s ‖g_r,s‖‖g_f,s‖; ``equal`` B_t = B/n; ``softmax`` B_t = B·softmax(−κ)_t.
+
+All work is batched over tensors; nothing here synchronises with the host.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from hamu.core.layout import FlatLayout
+from hamu.core.solver import VARIANTS, BlockCoefficients, Branch, Variant, block_coefficients
+
+Mode = Literal["layerwise", "global"]
+Split = Literal["grad-norm", "equal", "softmax"]
+InfeasiblePolicy = Literal["stop", "continue"]
+MODES: tuple[str, ...] = ("layerwise", "global")
+SPLITS: tuple[str, ...] = ("grad-norm", "equal", "softmax")
+POLICIES: tuple[str, ...] = ("stop", "continue")
+
+
+@dataclass(frozen=True)
+class HamuConfig:
+    """Options of the HAMU transform.
+
+    ``constraint_ratio`` is c = B/η, used with the lr radius (the paper's setting). With a fixed ``radius``,
+    give the absolute ``constraint`` B instead. ``stop_on_degradation`` acts on the sign-correct stopping
+    rule (stop when the predicted retain change of the chosen update is positive); it is always logged.
+    """
+
+    variant: Variant = "hamu-q"
+    constraint_ratio: float = 0.1
+    constraint: float | None = None
+    radius: float | None = None
+    mode: Mode = "layerwise"
+    split: Split = "grad-norm"
+    on_infeasible: InfeasiblePolicy = "stop"
+    stop_on_degradation: bool = False
+
+    def __post_init__(self) -> None:
+        for name, value, accepted in (
+            ("variant", self.variant, VARIANTS),
+            ("mode", self.mode, MODES),
+            ("split", self.split, SPLITS),
+            ("on_infeasible", self.on_infeasible, POLICIES),
+        ):
+            if value not in accepted:
+                raise ValueError(f"unknown {name} {value!r}; accepted: {', '.join(accepted)}")
+        for name, num in (
+            ("constraint_ratio", self.constraint_ratio),
+            ("constraint", self.constraint),
+            ("radius", self.radius),
+        ):
+            if num is not None and (not math.isfinite(num) or num < 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {num!r}")
+        if self.radius is not None and self.constraint is None:
+            raise ValueError("a fixed radius needs an absolute constraint B (set constraint=...)")
+
+    def total_constraint(self, lr: float) -> float:
+        return self.constraint if self.constraint is not None else self.constraint_ratio * lr
+
+
+@dataclass(frozen=True)
+class TransformOutput:
+    """The update and its diagnostics; every field stays on the gradients' device.
+
+    ``update`` is the flat δ (NaN-free even when the step must be skipped; then it is zero and ``stop`` is
+    true). ``stop_infeasible`` flags an infeasible block under the ``stop`` policy; ``degradation`` is the
+    sign-correct stopping rule for this step.
+    """
+
+    update: torch.Tensor
+    blocks: BlockCoefficients
+    kappa: torch.Tensor  # per block
+    radius: torch.Tensor  # per block
+    constraint: torch.Tensor  # per block
+    kappa_global: torch.Tensor
+    kappa1_global: torch.Tensor
+    kappa2_global: torch.Tensor
+    predicted_retain_change: torch.Tensor
+    predicted_forget_change: torch.Tensor
+    stopping_margin: torch.Tensor
+    branch_counts: torch.Tensor
+    stop_infeasible: torch.Tensor
+    degradation: torch.Tensor
+
+
+class HamuTransform:
+    """Turn paired gradients (g_r, g_f) into the HAMU update δ for every block at once."""
+
+    def __init__(self, config: HamuConfig | None = None) -> None:
+        self.config = config or HamuConfig()
+
+    def __call__(
+        self, retain: torch.Tensor, forget: torch.Tensor, layout: FlatLayout, *, lr: float
+    ) -> TransformOutput:
+        if retain.shape != forget.shape or retain.numel() != layout.numel:
+            raise ValueError(
+                f"flat gradients must both have {layout.numel} elements, got {retain.numel()} "
+                f"and {forget.numel()}"
+            )
+        if not math.isfinite(lr) or lr <= 0:
+            raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
+        cfg = self.config
+        retain_sq = layout.segment_sum(retain * retain)
+        forget_sq = layout.segment_sum(forget * forget)
+        kappa = layout.segment_sum(retain * forget)
+        B = cfg.total_constraint(lr)
+        eff_sq = forget_sq if cfg.variant == "hamu-u" else retain_sq
+        eff_total = eff_sq.sum()
+
+        if cfg.mode == "global":
+            block_r = retain_sq.sum().reshape(1)
+            block_f = forget_sq.sum().reshape(1)
+            block_k = kappa.sum().reshape(1)
+            R = self._radius(eff_total.reshape(1), eff_total, lr)
+            Bt = torch.full_like(R, B)
+        else:
+            block_r, block_f, block_k = retain_sq, forget_sq, kappa
+            R = self._radius(eff_sq, eff_total, lr)
+            Bt = self._split_constraint(B, retain_sq, forget_sq, kappa)
+
+        coefs = block_coefficients(
+            block_r,
+            block_f,
+            block_k,
+            radius=R,
+            constraint=Bt,
+            variant=cfg.variant,
+            continue_on_infeasible=cfg.on_infeasible == "continue",
+        )
+        stop_infeasible = (~torch.isfinite(coefs.coef_retain)).any()
+        coef_r = torch.nan_to_num(coefs.coef_retain, nan=0.0)
+        coef_f = torch.nan_to_num(coefs.coef_forget, nan=0.0)
+        if cfg.mode == "global":
+            update = coef_r * retain + coef_f * forget
+        else:
+            update = layout.expand(coef_r) * retain + layout.expand(coef_f) * forget
+        update = torch.where(stop_infeasible, torch.zeros_like(update), update)
+
+        total_cost = torch.nan_to_num(coefs.cost, nan=0.0).sum()
+        infeasible_any = (coefs.branch >= int(Branch.INFEASIBLE)).any()
+        # Sign-correct rule: stop when even the best constrained step is predicted to raise the objective
+        # (retain loss for HAMU-Q), or when no step can meet the constraint. Never fires for κ < 0.
+        degradation = infeasible_any | (total_cost > 0)
+        # Global hardness thresholds for the whole-model problem with the total radius and constraint.
+        total_R = R.square().sum().sqrt()
+        k_all = kappa.sum()
+        eff_norm = eff_total.sqrt()
+        other_sq = (retain_sq if cfg.variant == "hamu-u" else forget_sq).sum()
+        safe_R = torch.where(total_R > 0, total_R, torch.ones_like(total_R))
+        kappa1 = -B * eff_norm / safe_R
+        kappa2 = eff_norm * (other_sq - (B / safe_R) ** 2).clamp_min(0).sqrt()
+        return TransformOutput(
+            update=update,
+            blocks=coefs,
+            kappa=kappa,
+            radius=R,
+            constraint=Bt,
+            kappa_global=k_all,
+            kappa1_global=kappa1,
+            kappa2_global=kappa2,
+            predicted_retain_change=torch.nan_to_num(coefs.retain_change, nan=0.0).sum(),
+            predicted_forget_change=torch.nan_to_num(coefs.forget_change, nan=0.0).sum(),
+            stopping_margin=-total_cost,
+            branch_counts=torch.bincount(coefs.branch.long(), minlength=len(Branch)),
+            stop_infeasible=stop_infeasible,
+            degradation=degradation,
+        )
+
+    def _radius(self, eff_sq: torch.Tensor, eff_total: torch.Tensor, lr: float) -> torch.Tensor:
+        if self.config.radius is None:
+            return lr * eff_sq.sqrt()
+        share = eff_sq / torch.where(eff_total > 0, eff_total, torch.ones_like(eff_total))
+        return self.config.radius * share.sqrt()
+
+    def _split_constraint(
+        self, B: float, retain_sq: torch.Tensor, forget_sq: torch.Tensor, kappa: torch.Tensor
+    ) -> torch.Tensor:
+        n = retain_sq.numel()
+        equal = torch.full_like(retain_sq, B / n)
+        if self.config.split == "equal":
+            return equal
+        if self.config.split == "softmax":
+            return B * torch.softmax(-kappa, dim=0)
+        weight = retain_sq.sqrt() * forget_sq.sqrt()
+        total = weight.sum()
+        return torch.where(total > 0, B * weight / torch.where(total > 0, total, 1.0), equal)
