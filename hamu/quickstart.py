@@ -89,16 +89,24 @@ def run_digits_demo(
     *, rho: float = 0.5, steps: int = 150, lr: float = 0.01, constraint_ratio: float = 0.1, seed: int = 0
 ) -> DemoResult:
     split = digits_split(rho, seed=seed)
-    original = train_briefly(digits_mlp(seed), (torch.cat([split.retain[0], split.forget[0]]),
-                                                 torch.cat([split.retain[1], split.forget[1]])))
+    original = train_briefly(
+        digits_mlp(seed),
+        (torch.cat([split.retain[0], split.forget[0]]), torch.cat([split.retain[1], split.forget[1]])),
+    )
     hardness = assess_hardness(
-        copy.deepcopy(original), F.cross_entropy, [split.retain], [split.forget], lr=lr, batches=1,
+        copy.deepcopy(original),
+        F.cross_entropy,
+        [split.retain],
+        [split.forget],
+        lr=lr,
+        batches=1,
         device="cpu",
     )
     runs: dict[str, UnlearnResult] = {}
     for method, options in (("hamu-q", {"constraint_ratio": constraint_ratio}), ("gdiff", {})):
-        cfg = UnlearnConfig(method=method, lr=lr, max_steps=steps, seed=seed, device="cpu",
-                            method_options=options)
+        cfg = UnlearnConfig(
+            method=method, lr=lr, max_steps=steps, seed=seed, device="cpu", method_options=options
+        )
         runs[method] = unlearn(copy.deepcopy(original), F.cross_entropy, [split.retain], [split.forget], cfg)
     return DemoResult(
         hardness=hardness,
