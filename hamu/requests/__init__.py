@@ -1,0 +1,51 @@
+"""Deletion-request queue: file intake with all-or-nothing checks, atomic batch claims, verdicts.
+
+Plain SQLAlchemy (SQLite under ``HAMU_HOME`` by default, any URL by configuration); no orchestration
+imports, so the library stays usable on its own. The file format, ID patterns, verdicts and states are
+described in ``docs/requests.md``.
+"""
+
+from hamu.requests.errors import (
+    LineProblem,
+    QueueBusyError,
+    QueueStateError,
+    RequestFileError,
+    RequestQueueError,
+)
+from hamu.requests.intake import DEFAULT_MAX_BYTES, MAX_CLOCK_SKEW
+from hamu.requests.queue import RequestQueue, SubmitResult, default_queue_url
+from hamu.requests.schema import (
+    BATCH_ID_PATTERN,
+    RECORD_ID_PATTERN,
+    REQUEST_ID_PATTERN,
+    REQUIRED_COLUMNS,
+    Reason,
+    Request,
+    Status,
+    Verdict,
+    is_valid_record_id,
+    is_valid_request_id,
+)
+
+__all__ = [
+    "BATCH_ID_PATTERN",
+    "DEFAULT_MAX_BYTES",
+    "MAX_CLOCK_SKEW",
+    "RECORD_ID_PATTERN",
+    "REQUEST_ID_PATTERN",
+    "REQUIRED_COLUMNS",
+    "LineProblem",
+    "QueueBusyError",
+    "QueueStateError",
+    "Reason",
+    "Request",
+    "RequestFileError",
+    "RequestQueue",
+    "RequestQueueError",
+    "Status",
+    "SubmitResult",
+    "Verdict",
+    "default_queue_url",
+    "is_valid_record_id",
+    "is_valid_request_id",
+]

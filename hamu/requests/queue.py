@@ -1,0 +1,505 @@
+"""The deletion-request queue: a table behind SQLAlchemy, with atomic batch claims.
+
+States and who moves them::
+
+    submit_file ──► pending ──claim_batch──► claimed ──mark_erased──► erased
+                       ▲                        │  └────mark_rejected──► rejected
+                       └──release_batch/stale───┘
+
+Every method is one database transaction, so a failure leaves the queue as it was. On SQLite every
+write transaction starts with ``BEGIN IMMEDIATE``: the write lock is taken before anything is read, so
+two processes claiming at once are serialised (the second waits up to the busy timeout, then gets only
+what is left, or :class:`QueueBusyError`). On PostgreSQL the claim's sub-select uses
+``FOR UPDATE SKIP LOCKED`` and the ``status = 'pending'`` guard is re-checked by the UPDATE itself.
+"""
+
+from __future__ import annotations
+
+import builtins
+import re
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Update,
+    bindparam,
+    create_engine,
+    event,
+    func,
+    insert,
+    inspect,
+    select,
+    update,
+)
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import IntegrityError, OperationalError
+
+from hamu.requests.errors import LineProblem, QueueBusyError, QueueStateError, RequestFileError
+from hamu.requests.intake import DEFAULT_MAX_BYTES, FileFormat, load_request_file, parse_requests
+from hamu.requests.schema import (
+    BATCH_ID_PATTERN,
+    Request,
+    Status,
+    Verdict,
+    metadata,
+    requests_table,
+)
+
+_T = requests_table
+_BATCH_ID_RE = re.compile(BATCH_ID_PATTERN[1:-1])
+# Stay far below SQLite's bound-variable limit when filtering by many request IDs.
+_CHUNK = 500
+_MAX_LISTED = 5
+
+
+def default_queue_url(home: Path) -> str:
+    """The embedded default: ``sqlite:///<HAMU_HOME>/requests.db`` (absolute, so the CWD never matters)."""
+    return f"sqlite:///{(Path(home).resolve() / 'requests.db').as_posix()}"
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class SubmitResult:
+    """What one accepted file put into the queue (the digest links the queue rows to the file)."""
+
+    path: Path
+    sha256: str
+    fmt: FileFormat
+    request_ids: tuple[str, ...]
+    submitted_at: datetime
+
+    @property
+    def count(self) -> int:
+        """Number of requests queued from the file."""
+        return len(self.request_ids)
+
+
+def _chunks(items: Sequence[str], size: int = _CHUNK) -> Iterator[Sequence[str]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _is_locked(exc: OperationalError) -> bool:
+    text = str(exc.orig).lower()
+    return "database is locked" in text or "database table is locked" in text
+
+
+def _check_batch_id(batch_id: str) -> None:
+    if not isinstance(batch_id, str) or _BATCH_ID_RE.fullmatch(batch_id) is None:
+        raise ValueError(f"batch_id {batch_id!r} does not match {BATCH_ID_PATTERN}")
+
+
+def _listed(items: Sequence[str]) -> str:
+    shown = ", ".join(items[:_MAX_LISTED])
+    return shown + (f" and {len(items) - _MAX_LISTED} more" if len(items) > _MAX_LISTED else "")
+
+
+def _claim_statement(batch_id: str, token: str, now: datetime, limit: int | None) -> Update:
+    """``UPDATE … SET status='claimed' WHERE status='pending' AND id IN (oldest pending, locked)``.
+
+    The sub-select's ``FOR UPDATE SKIP LOCKED`` makes concurrent PostgreSQL claimers take disjoint rows
+    without waiting; SQLite renders no locking clause and is serialised by ``BEGIN IMMEDIATE`` instead.
+    The outer ``status = 'pending'`` guard is re-evaluated on the row actually updated.
+    """
+    pick = select(_T.c.id).where(_T.c.status == Status.PENDING.value).order_by(_T.c.received_at, _T.c.id)
+    if limit is not None:
+        pick = pick.limit(limit)
+    pick = pick.with_for_update(skip_locked=True)
+    return (
+        update(_T)
+        .where(_T.c.id.in_(pick), _T.c.status == Status.PENDING.value)
+        .values(
+            status=Status.CLAIMED.value,
+            batch_id=batch_id,
+            claim_token=token,
+            claimed_at=now,
+            updated_at=now,
+            verdict=None,
+            verdict_reason=None,
+        )
+    )
+
+
+class RequestQueue:
+    """Deletion requests in any SQLAlchemy database (SQLite file by default).
+
+    The queue is the only writer of request state; the pipeline reads snapshots (:class:`Request`) and
+    reports back through :meth:`record_verdicts`, :meth:`mark_erased` and :meth:`mark_rejected`, which
+    refuse to touch requests the calling batch does not hold.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        busy_timeout_s: float = 30.0,
+        clock: Callable[[], datetime] = _utcnow,
+        echo: bool = False,
+    ) -> None:
+        """Open (and create if needed) the queue at ``url``.
+
+        ``busy_timeout_s`` bounds how long a writer waits for another writer's lock on SQLite;
+        ``clock`` must return timezone-aware datetimes (tests inject one to age claims).
+        """
+        self._clock = clock
+        parsed = make_url(url)
+        self._sqlite = parsed.get_backend_name() == "sqlite"
+        connect_args: dict[str, Any] = {}
+        if self._sqlite:
+            database = parsed.database or ""
+            if database and database != ":memory:" and not database.startswith("file:"):
+                Path(database).parent.mkdir(parents=True, exist_ok=True)
+            connect_args["timeout"] = busy_timeout_s
+        self._engine: Engine = create_engine(url, echo=echo, connect_args=connect_args)
+        if self._sqlite:
+            self._install_sqlite_locking(file_backed=bool(database) and database != ":memory:")
+        self._create_schema()
+
+    def _create_schema(self) -> None:
+        """Create the table if missing; the write lock is only taken when something must be created."""
+        with self._transaction(write=False) as conn:
+            if inspect(conn).has_table(_T.name):
+                return
+        with self._transaction(write=True) as conn:
+            metadata.create_all(conn)  # checks again under the lock: another process may have won
+
+    def _install_sqlite_locking(self, *, file_backed: bool) -> None:
+        """Take transaction control away from pysqlite so writes can start with BEGIN IMMEDIATE.
+
+        pysqlite's own implicit BEGIN is deferred: two writers that read before they write (the
+        duplicate-ID check of ``submit_file``, the state checks before verdicts and closes) could both
+        read, then one fails on its stale snapshot with "database is locked" instead of waiting and
+        seeing the other's rows. (A lone UPDATE, like the claim, takes SQLite's write lock when the
+        statement starts, so it is atomic either way.) WAL lets readers proceed while a write is open.
+        """
+
+        @event.listens_for(self._engine, "connect")
+        def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+            dbapi_connection.isolation_level = None
+            if file_backed:
+                cursor = dbapi_connection.cursor()
+                cursor.execute("PRAGMA journal_mode=WAL")
+                cursor.close()
+
+        @event.listens_for(self._engine, "begin")
+        def _on_begin(conn: Connection) -> None:
+            write = conn.get_execution_options().get("hamu_write", False)
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+    @property
+    def url(self) -> str:
+        """The database URL with any password masked."""
+        return self._engine.url.render_as_string(hide_password=True)
+
+    def close(self) -> None:
+        """Release pooled connections (file handles on SQLite)."""
+        self._engine.dispose()
+
+    def __enter__(self) -> RequestQueue:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _now(self) -> datetime:
+        now = self._clock()
+        if now.tzinfo is None or now.utcoffset() is None:
+            raise ValueError("the queue's clock returned a naive datetime")
+        return now.astimezone(UTC)
+
+    @contextmanager
+    def _transaction(self, *, write: bool) -> Iterator[Connection]:
+        """One transaction; a lock timeout becomes :class:`QueueBusyError`, anything else rolls back."""
+        try:
+            with self._engine.connect() as conn:
+                if write:
+                    conn.execution_options(hamu_write=True)
+                with conn.begin():
+                    yield conn
+        except OperationalError as exc:
+            if _is_locked(exc):
+                raise QueueBusyError(
+                    f"request queue {self.url} is locked by another writer: {exc.orig}"
+                ) from exc
+            raise
+
+    def _rows_by_request_id(self, conn: Connection, request_ids: Sequence[str]) -> dict[str, Any]:
+        found: dict[str, Any] = {}
+        for part in _chunks(request_ids):
+            for row in conn.execute(select(_T).where(_T.c.request_id.in_(part))):
+                found[row.request_id] = row
+        return found
+
+    # ------------------------------------------------------------------ intake
+
+    def submit_file(
+        self,
+        path: Path | str,
+        *,
+        allowed_root: Path | None = None,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        fmt: FileFormat | None = None,
+    ) -> SubmitResult:
+        """Queue every request of a CSV or JSONL file, or none of them.
+
+        The file needs exactly the columns ``request_id, record_id, reason, received_at`` (see
+        ``docs/requests.md``). Any problem raises :class:`RequestFileError` naming the line and field,
+        and the queue is left unchanged; a request ID already in the queue (from an earlier file) is such
+        a problem, checked under the write lock so that two submitters cannot both insert it.
+        """
+        loaded = load_request_file(path, allowed_root=allowed_root, max_bytes=max_bytes, fmt=fmt)
+        now = self._now()
+        parsed = parse_requests(loaded.data, fmt=loaded.fmt, now=now, source=str(path))
+        ids = [p.request_id for p in parsed]
+        rows = [
+            {
+                "request_id": p.request_id,
+                "record_id": p.record_id,
+                "reason": p.reason.value,
+                "received_at": p.received_at,
+                "submitted_at": now,
+                "source_sha256": loaded.sha256,
+                "status": Status.PENDING.value,
+                "updated_at": now,
+            }
+            for p in parsed
+        ]
+        try:
+            with self._transaction(write=True) as conn:
+                existing = self._rows_by_request_id(conn, ids)
+                if existing:
+                    raise RequestFileError(
+                        str(path),
+                        [
+                            LineProblem(
+                                p.line,
+                                "request_id",
+                                f"request_id {p.request_id!r} is already in the queue "
+                                f"(status {existing[p.request_id].status})",
+                            )
+                            for p in parsed
+                            if p.request_id in existing
+                        ],
+                    )
+                conn.execute(insert(_T), rows)
+        except IntegrityError as exc:  # a concurrent submitter won a race the lock could not prevent
+            raise RequestFileError(
+                str(path),
+                [LineProblem(None, "request_id", f"a request_id is already in the queue ({exc.orig})")],
+            ) from exc
+        return SubmitResult(
+            path=loaded.path, sha256=loaded.sha256, fmt=loaded.fmt, request_ids=tuple(ids), submitted_at=now
+        )
+
+    # ------------------------------------------------------------------ claims
+
+    def claim_batch(self, batch_id: str, *, limit: int | None = None) -> builtins.list[Request]:
+        """Claim up to ``limit`` pending requests (oldest ``received_at`` first) for ``batch_id``.
+
+        One UPDATE guarded by ``status = 'pending'`` inside one write transaction: no request can be
+        claimed by two batches, and a claimer that waited for another gets only what is left. A fresh
+        claim token marks exactly the rows this call took, which are then read back in FIFO order.
+        """
+        _check_batch_id(batch_id)
+        if limit is not None and (not isinstance(limit, int) or limit < 1):
+            raise ValueError(f"limit must be a positive integer or None, got {limit!r}")
+        token = uuid.uuid4().hex
+        stmt = _claim_statement(batch_id, token, self._now(), limit)
+        with self._transaction(write=True) as conn:
+            conn.execute(stmt)
+            claimed = conn.execute(
+                select(_T).where(_T.c.claim_token == token).order_by(_T.c.received_at, _T.c.id)
+            ).all()
+        return [Request.from_row(r) for r in claimed]
+
+    def _release(self, *conditions: Any) -> int:
+        stmt = (
+            update(_T)
+            .where(_T.c.status == Status.CLAIMED.value, *conditions)
+            .values(
+                status=Status.PENDING.value,
+                batch_id=None,
+                claim_token=None,
+                claimed_at=None,
+                verdict=None,
+                verdict_reason=None,
+                updated_at=self._now(),
+            )
+        )
+        with self._transaction(write=True) as conn:
+            return conn.execute(stmt).rowcount
+
+    def release_batch(self, batch_id: str) -> int:
+        """Put a batch's still-claimed requests back to pending (its verdicts are cleared); return how many.
+
+        Requests the batch already erased or rejected stay so: only unfinished work goes back.
+        """
+        _check_batch_id(batch_id)
+        return self._release(_T.c.batch_id == batch_id)
+
+    def release_stale(self, older_than: timedelta) -> int:
+        """Release every claim made more than ``older_than`` ago (its process presumably crashed)."""
+        if older_than < timedelta(0):
+            raise ValueError(f"older_than must not be negative, got {older_than}")
+        return self._release(_T.c.claimed_at < self._now() - older_than)
+
+    # ------------------------------------------------------------------ outcomes
+
+    def _require_held(
+        self,
+        conn: Connection,
+        batch_id: str,
+        request_ids: Sequence[str],
+        *,
+        allowed: Callable[[Any], str | None],
+    ) -> None:
+        """Raise :class:`QueueStateError` unless every request is claimed by ``batch_id`` and allowed."""
+        rows = self._rows_by_request_id(conn, request_ids)
+        missing = [r for r in request_ids if r not in rows]
+        if missing:
+            raise QueueStateError(f"unknown request_id(s): {_listed(missing)}; nothing changed")
+        foreign = [
+            f"{r} ({rows[r].status}, batch {rows[r].batch_id})"
+            for r in request_ids
+            if rows[r].status != Status.CLAIMED.value or rows[r].batch_id != batch_id
+        ]
+        if foreign:
+            raise QueueStateError(f"not claimed by batch {batch_id!r}: {_listed(foreign)}; nothing changed")
+        refused = [f"{r} ({why})" for r in request_ids if (why := allowed(rows[r])) is not None]
+        if refused:
+            raise QueueStateError(f"refused for batch {batch_id!r}: {_listed(refused)}; nothing changed")
+
+    def record_verdicts(self, batch_id: str, verdicts: Mapping[str, tuple[Verdict | str, str]]) -> int:
+        """Store each claimed request's validation verdict and its reason (all or nothing).
+
+        A verdict can be recorded again while the request is still claimed (re-validation); every
+        request named must be claimed by ``batch_id``.
+        """
+        _check_batch_id(batch_id)
+        params = []
+        for request_id, (verdict, reason) in verdicts.items():
+            try:
+                value = Verdict(verdict)
+            except ValueError:
+                allowed = ", ".join(v.value for v in Verdict)
+                raise ValueError(f"{request_id}: unknown verdict {verdict!r} (allowed: {allowed})") from None
+            if not isinstance(reason, str) or not reason.strip():
+                raise ValueError(f"{request_id}: verdict {value.value} needs a non-empty reason")
+            params.append({"b_request_id": request_id, "b_verdict": value.value, "b_reason": reason})
+        if not params:
+            return 0
+        stmt = (
+            update(_T)
+            .where(_T.c.request_id == bindparam("b_request_id"))
+            .values(
+                verdict=bindparam("b_verdict"), verdict_reason=bindparam("b_reason"), updated_at=self._now()
+            )
+        )
+        with self._transaction(write=True) as conn:
+            self._require_held(conn, batch_id, list(verdicts), allowed=lambda _row: None)
+            conn.execute(stmt, params)
+        return len(params)
+
+    def _close(self, batch_id: str, request_ids: Sequence[str] | None, status: Status, **values: Any) -> int:
+        """Move held requests to a final status in one transaction (``None``: all the batch's rejections)."""
+        stmt = (
+            update(_T)
+            .where(_T.c.request_id == bindparam("b_request_id"))
+            .values(status=status.value, updated_at=self._now(), **values)
+        )
+        if status is Status.ERASED:
+
+            def allowed(row: Any) -> str | None:
+                return (
+                    None if row.verdict == Verdict.ACCEPTED.value else f"verdict {row.verdict}, not accepted"
+                )
+
+        else:
+
+            def allowed(row: Any) -> str | None:
+                if row.verdict is None:
+                    return "no verdict recorded"
+                return "verdict accepted" if row.verdict == Verdict.ACCEPTED.value else None
+
+        with self._transaction(write=True) as conn:
+            if request_ids is None:
+                request_ids = list(
+                    conn.scalars(
+                        select(_T.c.request_id).where(
+                            _T.c.batch_id == batch_id,
+                            _T.c.status == Status.CLAIMED.value,
+                            _T.c.verdict.is_not(None),
+                            _T.c.verdict != Verdict.ACCEPTED.value,
+                        )
+                    )
+                )
+            self._require_held(conn, batch_id, request_ids, allowed=allowed)
+            if request_ids:
+                conn.execute(stmt, [{"b_request_id": r} for r in request_ids])
+        return len(request_ids)
+
+    def mark_erased(self, batch_id: str, request_ids: Iterable[str], model_version: str) -> int:
+        """Close accepted requests as erased, naming the model version that no longer carries them.
+
+        Only requests this batch holds with an ``accepted`` verdict can be erased, so an unvalidated or
+        rejected request can never be reported as erased.
+        """
+        _check_batch_id(batch_id)
+        if not isinstance(model_version, str) or not model_version.strip():
+            raise ValueError("model_version must be a non-empty string")
+        ids = list(dict.fromkeys(request_ids))
+        return self._close(batch_id, ids, Status.ERASED, model_version=model_version)
+
+    def mark_rejected(self, batch_id: str, request_ids: Iterable[str] | None = None) -> int:
+        """Close requests whose recorded verdict is a rejection (all of the batch's, if none are named).
+
+        The verdict and its reason stay on the row, so a rejected request remains visible with why.
+        """
+        _check_batch_id(batch_id)
+        ids = None if request_ids is None else list(dict.fromkeys(request_ids))
+        return self._close(batch_id, ids, Status.REJECTED)
+
+    # ------------------------------------------------------------------ reads
+
+    def get(self, request_id: str) -> Request | None:
+        """One request by its ID (what a compliance reviewer starts from), or ``None``."""
+        with self._transaction(write=False) as conn:
+            row = conn.execute(select(_T).where(_T.c.request_id == request_id)).first()
+        return None if row is None else Request.from_row(row)
+
+    def list(
+        self, status: Status | str | None = None, *, batch_id: str | None = None
+    ) -> builtins.list[Request]:
+        """Requests in arrival order, optionally only those with ``status`` and/or of ``batch_id``."""
+        stmt = select(_T).order_by(_T.c.received_at, _T.c.id)
+        if status is not None:
+            stmt = stmt.where(_T.c.status == Status(status).value)
+        if batch_id is not None:
+            stmt = stmt.where(_T.c.batch_id == batch_id)
+        with self._transaction(write=False) as conn:
+            return [Request.from_row(r) for r in conn.execute(stmt)]
+
+    def counts(self) -> dict[str, int]:
+        """Number of requests per status (every status present, zeros included)."""
+        result = {s.value: 0 for s in Status}
+        with self._transaction(write=False) as conn:
+            for status, n in conn.execute(select(_T.c.status, func.count()).group_by(_T.c.status)):
+                result[status] = n
+        return result
+
+    def erased_record_ids(self) -> set[str]:
+        """Record IDs some request already erased (input to the ``already-erased`` verdict)."""
+        with self._transaction(write=False) as conn:
+            return set(
+                conn.scalars(select(_T.c.record_id).where(_T.c.status == Status.ERASED.value).distinct())
+            )

@@ -1,0 +1,185 @@
+"""Vocabulary of the deletion-request queue: identifiers, reasons, states, verdicts, and the table.
+
+Everything that another layer must agree with (the record-ID pattern the GX suites repeat, the verdict
+names the validation task writes, the status names an auditor reads) is defined once here.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import (
+    CheckConstraint,
+    Column,
+    DateTime,
+    Dialect,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+from sqlalchemy.types import TypeDecorator
+
+#: A training record's ID: lowercase ASCII letters and digits, then up to 127 of ``a-z 0-9 . _ -``.
+#: Lowercase only, so that two spellings can never name one record; no ``/`` or whitespace, so an ID is
+#: safe in a path, a URL and a CSV cell. The GX suites in ``expectations/`` repeat this exact string.
+RECORD_ID_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,127}$"
+#: A request ID (chosen by whoever files the request) and a batch ID: case kept, ``:`` also allowed,
+#: at most 128 characters, no whitespace or control characters.
+REQUEST_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
+BATCH_ID_PATTERN = REQUEST_ID_PATTERN
+
+# ``$`` also matches before a trailing newline, so the compiled forms are used with ``fullmatch``.
+_RECORD_ID_RE = re.compile(RECORD_ID_PATTERN[1:-1])
+_REQUEST_ID_RE = re.compile(REQUEST_ID_PATTERN[1:-1])
+
+
+def is_valid_record_id(value: object) -> bool:
+    """True if ``value`` is a string matching :data:`RECORD_ID_PATTERN` (whole string, no newline)."""
+    return isinstance(value, str) and _RECORD_ID_RE.fullmatch(value) is not None
+
+
+def is_valid_request_id(value: object) -> bool:
+    """True if ``value`` is a string matching :data:`REQUEST_ID_PATTERN` (whole string, no newline)."""
+    return isinstance(value, str) and _REQUEST_ID_RE.fullmatch(value) is not None
+
+
+class Reason(StrEnum):
+    """Why erasure was requested (the legal basis or category an auditor groups by)."""
+
+    PRIVACY = "privacy"
+    COPYRIGHT = "copyright"
+    BIAS = "bias"
+    OTHER = "other"
+
+
+class Status(StrEnum):
+    """Where a request is in its life: ``pending → claimed → erased | rejected`` (claimed can go back)."""
+
+    PENDING = "pending"
+    CLAIMED = "claimed"
+    REJECTED = "rejected"
+    ERASED = "erased"
+
+
+class Verdict(StrEnum):
+    """The validation outcome of one request in one batch; only ``accepted`` requests are unlearned."""
+
+    ACCEPTED = "accepted"
+    UNKNOWN = "unknown"
+    MALFORMED = "malformed"
+    DUPLICATE = "duplicate"
+    ALREADY_ERASED = "already-erased"
+
+
+REQUIRED_COLUMNS: tuple[str, ...] = ("request_id", "record_id", "reason", "received_at")
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timestamp that is always timezone-aware UTC in Python, whatever the database keeps.
+
+    SQLite has no timezone type and would hand back naive values; storing naive UTC there and
+    re-attaching UTC on read keeps every ``datetime`` the queue returns comparable and unambiguous.
+    Binding a naive value is refused rather than guessed.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        """Convert to UTC; SQLite gets the naive UTC wall time (its text format ignores offsets)."""
+        if value is None:
+            return None
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError(f"naive datetime {value.isoformat()} given to a UTC column")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        """Attach UTC to what the database returns."""
+        if value is None:
+            return None
+        if not isinstance(value, datetime):
+            raise TypeError(f"expected a datetime from the database, got {type(value).__name__}")
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _in(column: str, values: type[StrEnum]) -> str:
+    return f"{column} IN ({', '.join(repr(v.value) for v in values)})"
+
+
+metadata = MetaData()
+
+#: One row per deletion request. ``id`` is only a stable arrival order; ``request_id`` is the key users see.
+requests_table = Table(
+    "deletion_requests",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("request_id", String(128), nullable=False, unique=True),
+    Column("record_id", String(128), nullable=False, index=True),
+    Column("reason", String(16), nullable=False),
+    Column("received_at", UTCDateTime, nullable=False),
+    Column("submitted_at", UTCDateTime, nullable=False),
+    Column("source_sha256", String(64), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("verdict", String(16), nullable=True),
+    Column("verdict_reason", Text, nullable=True),
+    Column("batch_id", String(128), nullable=True, index=True),
+    Column("claim_token", String(32), nullable=True, index=True),
+    Column("claimed_at", UTCDateTime, nullable=True),
+    Column("model_version", String(256), nullable=True),
+    Column("updated_at", UTCDateTime, nullable=False),
+    CheckConstraint(_in("reason", Reason), name="ck_deletion_requests_reason"),
+    CheckConstraint(_in("status", Status), name="ck_deletion_requests_status"),
+    CheckConstraint(f"verdict IS NULL OR {_in('verdict', Verdict)}", name="ck_deletion_requests_verdict"),
+    Index("ix_deletion_requests_fifo", "status", "received_at", "id"),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One deletion request as read from the queue (a detached snapshot, safe to pass between layers).
+
+    ``received_at`` is when the requester filed it (from the submitted file); ``submitted_at`` is when it
+    entered this queue; ``source_sha256`` is the digest of the file it came from, for lineage.
+    """
+
+    request_id: str
+    record_id: str
+    reason: Reason
+    received_at: datetime
+    status: Status
+    verdict: Verdict | None
+    verdict_reason: str | None
+    batch_id: str | None
+    claimed_at: datetime | None
+    updated_at: datetime
+    submitted_at: datetime
+    source_sha256: str
+    model_version: str | None
+
+    @classmethod
+    def from_row(cls, row: Any) -> Request:
+        """Build from a SQLAlchemy row of :data:`requests_table`."""
+        m = row._mapping
+        return cls(
+            request_id=m["request_id"],
+            record_id=m["record_id"],
+            reason=Reason(m["reason"]),
+            received_at=m["received_at"],
+            status=Status(m["status"]),
+            verdict=None if m["verdict"] is None else Verdict(m["verdict"]),
+            verdict_reason=m["verdict_reason"],
+            batch_id=m["batch_id"],
+            claimed_at=m["claimed_at"],
+            updated_at=m["updated_at"],
+            submitted_at=m["submitted_at"],
+            source_sha256=m["source_sha256"],
+            model_version=m["model_version"],
+        )
