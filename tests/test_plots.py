@@ -1,0 +1,149 @@
+"""Figures: each one is a real, non-trivial PNG; bad input is refused with a reason."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from matplotlib import image as mpimg
+from sklearn.datasets import load_digits
+from torch import nn
+
+from hamu import UnlearnConfig, unlearn
+from hamu.evaluation import (
+    EvaluationConfig,
+    MLPTrainer,
+    evaluate_models,
+    plot_kappa_heatmap,
+    plot_loss_histograms,
+    plot_roc_curves,
+    plot_tradeoff,
+)
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread() -> Iterator[None]:
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def _check_png(path: Path, min_bytes: int = 15_000) -> tuple[int, int]:
+    assert path.is_file()
+    data = path.read_bytes()
+    assert data[:8] == PNG_MAGIC
+    assert len(data) > min_bytes  # a figure with curves, labels and a legend, not an empty canvas
+    pixels = mpimg.imread(path)
+    assert pixels.ndim == 3 and pixels.shape[0] >= 300 and pixels.shape[1] >= 500
+    assert float(pixels[..., :3].std()) > 0.05  # not a blank image
+    return int(pixels.shape[0]), int(pixels.shape[1])
+
+
+@pytest.fixture(scope="module")
+def evaluation() -> Any:
+    data = load_digits()
+    x = torch.tensor(data.data / 16.0, dtype=torch.float32)
+    y = torch.tensor(data.target)
+    perm = np.random.default_rng(0).permutation(len(y))
+    forget, retain, test = perm[:100], perm[100:200], perm[200:500]
+    trainer = MLPTrainer(x, y, n_classes=10, steps=200, lr=1e-2)
+    models = {
+        "original": trainer(np.r_[forget, retain], 0),
+        "retrained": trainer(retain, 0),
+        "unlearned": trainer(retain, 1),
+    }
+    splits = {s: (x[i], y[i]) for s, i in (("retain", retain), ("forget", forget), ("test", test))}
+    return evaluate_models(models, splits, config=EvaluationConfig(n_resamples=200))
+
+
+@pytest.fixture(scope="module")
+def runs() -> dict[str, Any]:
+    """Real unlearning histories: HAMU-Q (with per-tensor κ), GDiff, and GA (no retain loss)."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(96, 12, generator=gen)
+    y = torch.randint(0, 3, (96,), generator=gen)
+    retain, forget = [(x[:64], y[:64])], [(x[64:], y[64:])]
+    out: dict[str, Any] = {}
+    for method in ("hamu-q", "gdiff", "ga"):
+        torch.manual_seed(1)
+        model = nn.Sequential(nn.Linear(12, 16), nn.Tanh(), nn.Linear(16, 3))
+        # c = 0.02: with the default c = 0.1 this small model is infeasible at step 0 (HAMU stops at once)
+        options = {"constraint_ratio": 0.02} if method == "hamu-q" else {}
+        cfg = UnlearnConfig(method=method, lr=0.2, max_steps=40, device="cpu", method_options=options)
+        out[method] = unlearn(model, nn.functional.cross_entropy, retain, forget, cfg)
+    return out
+
+
+def test_roc_curves(evaluation: Any, tmp_path: Path) -> None:
+    path = plot_roc_curves(evaluation.scores, tmp_path / "roc.png", attack="loss")
+    _check_png(path)
+    with pytest.raises(ValueError, match="unknown models"):
+        plot_roc_curves(evaluation.scores, tmp_path / "x.png", models=["nope"])
+    with pytest.raises(ValueError, match="unknown attack"):
+        plot_roc_curves(evaluation.scores, tmp_path / "x.png", attack="gradnorm")
+    with pytest.raises(KeyError, match="LiRA"):
+        plot_roc_curves(evaluation.scores, tmp_path / "x.png", attack="lira")  # the shadow attack was not run
+    with pytest.raises(ValueError, match=r"\.png"):
+        plot_roc_curves(evaluation.scores, tmp_path / "roc.svg")
+
+
+def test_loss_histograms(evaluation: Any, tmp_path: Path) -> None:
+    path = plot_loss_histograms(evaluation.scores, tmp_path / "sub" / "hist.png")
+    _, width = _check_png(path)
+    assert width > 1000  # one panel per model, three models
+    with pytest.raises(ValueError, match="bins"):
+        plot_loss_histograms(evaluation.scores, tmp_path / "h.png", bins=1)
+    with pytest.raises(ValueError, match="no models"):
+        plot_loss_histograms(evaluation.scores, tmp_path / "h.png", models=[])
+
+
+def test_tradeoff_from_step_records_and_pairs(runs: dict[str, Any], tmp_path: Path) -> None:
+    pairs = [(1.13 - 0.004 * t, 1.1 + 0.01 * t) for t in range(30)]
+    trajectories = {
+        "hamu-q": runs["hamu-q"].history,
+        "gdiff": [r.to_dict() for r in runs["gdiff"].history],
+        "ga (evaluated losses)": pairs,
+    }
+    _check_png(plot_tradeoff(trajectories, tmp_path / "tradeoff.png"))
+
+
+@pytest.mark.parametrize(
+    ("trajectories", "message"),
+    [
+        ({}, "no trajectories"),
+        ({"m": []}, "empty trajectory"),
+        ({"m": [(1.0, float("nan"))]}, "non-finite"),
+        ({"m": ["oops"]}, "StepRecord-like"),
+    ],
+)
+def test_tradeoff_bad_input(trajectories: dict[str, Any], message: str, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=message):
+        plot_tradeoff(trajectories, tmp_path / "t.png")
+
+
+def test_tradeoff_refuses_records_without_retain_loss(runs: dict[str, Any], tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="method 'ga', record 0: retain or forget loss is missing"):
+        plot_tradeoff({"ga": runs["ga"].history}, tmp_path / "t.png")
+
+
+def test_kappa_heatmap(runs: dict[str, Any], tmp_path: Path) -> None:
+    result = runs["hamu-q"]
+    assert result.steps_applied == 40
+    assert result.history[0].kappa_per_tensor is not None
+    path = plot_kappa_heatmap(result.history, result.tensor_names, tmp_path / "kappa.png")
+    _check_png(path, min_bytes=10_000)
+    with pytest.raises(ValueError, match="3 tensor names"):
+        plot_kappa_heatmap(result.history, result.tensor_names[:3], tmp_path / "k.png")
+    with pytest.raises(ValueError, match="no kappa_per_tensor"):
+        plot_kappa_heatmap(runs["gdiff"].history, result.tensor_names, tmp_path / "k.png")
+    with pytest.raises(ValueError, match="history is empty"):
+        plot_kappa_heatmap([], result.tensor_names, tmp_path / "k.png")
+    with pytest.raises(ValueError, match="NaN"):
+        plot_kappa_heatmap([{"kappa_per_tensor": [float("nan")]}], ["w"], tmp_path / "k.png")
