@@ -59,12 +59,17 @@ class FlatLayout:
         sizes = [int(torch.Size(s).numel()) for s in self.shapes]
         return [chunk.view(shape) for chunk, shape in zip(flat.split(sizes), self.shapes, strict=True)]
 
-    def flatten(self, tensors: Sequence[torch.Tensor | None]) -> torch.Tensor:
-        """Concatenate tensors into one buffer; ``None`` (no gradient) contributes zeros."""
+    def flatten(
+        self, tensors: Sequence[torch.Tensor | None], dtype: torch.dtype | None = None
+    ) -> torch.Tensor:
+        """Concatenate tensors into one buffer; ``None`` (no gradient) contributes zeros of ``dtype``
+        (default: the first present tensor's dtype)."""
+        fill = dtype or next((t.dtype for t in tensors if t is not None), torch.float32)
         parts = []
         for tensor, shape in zip(tensors, self.shapes, strict=True):
             if tensor is None:
-                parts.append(torch.zeros(int(torch.Size(shape).numel()), device=self.lengths.device))
+                numel = int(torch.Size(shape).numel())
+                parts.append(torch.zeros(numel, device=self.lengths.device, dtype=fill))
             else:
                 parts.append(tensor.reshape(-1))
         return torch.cat(parts)

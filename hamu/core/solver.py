@@ -100,11 +100,20 @@ def block_coefficients(
     constraint: torch.Tensor,
     variant: Variant = "hamu-q",
     continue_on_infeasible: bool = False,
+    perp_sq: torch.Tensor | None = None,
 ) -> BlockCoefficients:
     """Solve every block from its scalars (‖g_r‖², ‖g_f‖², κ) in the *original* orientation.
 
     All arguments are tensors of the same shape (one entry per block). For HAMU-U the swap
     (g_r, g_f) → (−g_f, −g_r) exchanges the squared norms and leaves κ unchanged.
+
+    ``perp_sq`` is optional: ‖e_r − (κ/‖e_f‖²)·e_f‖², the squared norm of the *effective* retain gradient's
+    part orthogonal to the effective forget gradient (g_r⊥ for HAMU-Q; g_f − (κ/‖g_r‖²)·g_r for HAMU-U),
+    computed by the caller from the vectors. Pass it whenever the vectors are at hand. Without it the
+    scalar formula ‖e_r‖² − κ²/‖e_f‖² is used, whose relative error grows like eps/sin²θ for nearly
+    colinear gradients; since the rectified step's orthogonal part is scaled by 1/‖e_r⊥‖, that error
+    makes the step overshoot the trust region by the same relative amount (measured in float32: ‖δ‖/R − 1
+    ≈ 1.5e-4 at θ = 0.03 rad and ≈ 1.5e-2 at θ = 0.003 rad; in float64 ≈ 8e-3 near the colinear threshold).
     """
     if variant not in VARIANTS:
         raise ValueError(f"unknown HAMU variant {variant!r}; accepted: {', '.join(VARIANTS)}")
@@ -128,7 +137,9 @@ def block_coefficients(
     # κ ≤ κ1 = −B‖e_r‖/R, written without dividing by R. With a zero forget gradient and B ≈ 0 every δ
     # is feasible, so plain descent is optimal.
     direct = solvable & ~zero_r & ((kappa * R <= -B * er_norm) | zero_f)
-    perp_sq = (er_sq - kappa * kappa / safe_ef_sq).clamp_min(0)
+    if perp_sq is None:
+        perp_sq = er_sq - kappa * kappa / safe_ef_sq  # cancellation-prone; see the docstring
+    perp_sq = perp_sq.clamp_min(0)
     colinear = solvable & ~direct & (perp_sq <= _colinear_rel_eps(kappa.dtype) * er_sq)
     rectified = solvable & ~direct & ~colinear
 
@@ -240,6 +251,11 @@ def solve_block(
     g_f = forget_grad.reshape(-1)
     scalar = torch.stack([g_r @ g_r, g_f @ g_f, g_r @ g_f]).reshape(3, 1)
     like = scalar[0]
+    # ‖e_r⊥‖² from the vectors (accurate for nearly colinear gradients); the signs of the HAMU-U swap
+    # (e_r, e_f) = (−g_f, −g_r) do not change it.
+    e_r, e_f = (g_f, g_r) if variant == "hamu-u" else (g_r, g_f)
+    ef_sq = e_f @ e_f
+    perp = e_r - (scalar[2, 0] / torch.where(ef_sq < ZERO_EPS, torch.ones_like(ef_sq), ef_sq)) * e_f
     coefs = block_coefficients(
         scalar[0],
         scalar[1],
@@ -248,6 +264,7 @@ def solve_block(
         constraint=torch.full_like(like, float(constraint)),
         variant=variant,
         continue_on_infeasible=continue_on_infeasible,
+        perp_sq=(perp @ perp).reshape(1),
     )
     update = coefs.coef_retain * retain_grad + coefs.coef_forget * forget_grad
     return BlockSolution(

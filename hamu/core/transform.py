@@ -28,7 +28,7 @@ from typing import Literal
 import torch
 
 from hamu.core.layout import FlatLayout
-from hamu.core.solver import VARIANTS, BlockCoefficients, Branch, Variant, block_coefficients
+from hamu.core.solver import VARIANTS, ZERO_EPS, BlockCoefficients, Branch, Variant, block_coefficients
 
 Mode = Literal["layerwise", "global"]
 Split = Literal["grad-norm", "equal", "softmax"]
@@ -104,6 +104,11 @@ class TransformOutput:
     degradation: torch.Tensor
 
 
+def _safe_nonzero(sq: torch.Tensor) -> torch.Tensor:
+    """Replace squared norms the solver treats as zero by 1 (the solver ignores those blocks' ratios)."""
+    return torch.where(sq < ZERO_EPS, torch.ones_like(sq), sq)
+
+
 class HamuTransform:
     """Turn paired gradients (g_r, g_f) into the HAMU update δ for every block at once."""
 
@@ -128,16 +133,26 @@ class HamuTransform:
         eff_sq = forget_sq if cfg.variant == "hamu-u" else retain_sq
         eff_total = eff_sq.sum()
 
+        # ‖e_r⊥‖² of each block is computed from the vectors: the scalar formula ‖e_r‖² − κ²/‖e_f‖² loses
+        # precision for nearly colinear gradients and then overshoots the trust region (see
+        # block_coefficients). e_r/e_f: the effective gradients, up to sign (which does not change the norm).
+        eff_r, eff_f = (forget, retain) if cfg.variant == "hamu-u" else (retain, forget)
+        eff_f_sq = retain_sq if cfg.variant == "hamu-u" else forget_sq
         if cfg.mode == "global":
             block_r = retain_sq.sum().reshape(1)
             block_f = forget_sq.sum().reshape(1)
             block_k = kappa.sum().reshape(1)
             R = self._radius(eff_total.reshape(1), eff_total, lr)
             Bt = torch.full_like(R, B)
+            ratio = block_k / _safe_nonzero(eff_f_sq.sum().reshape(1))
+            perp = eff_r - ratio * eff_f
+            perp_sq = (perp * perp).sum().reshape(1)
         else:
             block_r, block_f, block_k = retain_sq, forget_sq, kappa
             R = self._radius(eff_sq, eff_total, lr)
             Bt = self._split_constraint(B, retain_sq, forget_sq, kappa)
+            perp = eff_r - layout.expand(kappa / _safe_nonzero(eff_f_sq)) * eff_f
+            perp_sq = layout.segment_sum(perp * perp)
 
         coefs = block_coefficients(
             block_r,
@@ -147,6 +162,7 @@ class HamuTransform:
             constraint=Bt,
             variant=cfg.variant,
             continue_on_infeasible=cfg.on_infeasible == "continue",
+            perp_sq=perp_sq,
         )
         stop_infeasible = (~torch.isfinite(coefs.coef_retain)).any()
         coef_r = torch.nan_to_num(coefs.coef_retain, nan=0.0)

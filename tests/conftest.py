@@ -1,0 +1,109 @@
+"""Shared fixtures for the core-library tests: a numerical oracle for the HAMU block problem, and a
+single-threaded torch for the tiny tensors these tests use.
+
+The oracle knows nothing about HAMU's closed form. It solves, in float64 with scipy's SLSQP,
+
+    minimise  o·x   subject to   c·x ≥ B,   ‖x‖ ≤ R
+
+(HAMU-Q: o = g_r, c = g_f; HAMU-U: o = −g_f, c = −g_r), and decides feasibility by numerically maximising
+c·x over the ball.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+import torch
+from scipy.optimize import minimize
+from threadpoolctl import threadpool_limits
+
+
+@dataclass(frozen=True)
+class OracleSolution:
+    feasible: bool
+    reach: float  # max c·x over the ball: the problem is feasible iff reach ≥ B
+    value: float  # optimal o·x (NaN when infeasible)
+    x: np.ndarray  # an optimal point (NaN when infeasible)
+
+
+def _slsqp(objective: np.ndarray, constraints: list[dict], x0: np.ndarray) -> np.ndarray:
+    res = minimize(
+        lambda x: float(objective @ x),
+        x0,
+        jac=lambda x: objective,
+        constraints=constraints,
+        method="SLSQP",
+        options={"ftol": 1e-12, "maxiter": 1000},
+    )
+    # Status 8 ("positive directional derivative in linesearch") is SLSQP giving up once it is at the optimum
+    # to machine precision; the callers verify feasibility of the point themselves.
+    if res.status not in (0, 8):
+        raise RuntimeError(f"SLSQP failed: {res.message}")
+    return np.asarray(res.x, dtype=np.float64)
+
+
+def solve_numerically(
+    objective: np.ndarray, constraint: np.ndarray, radius: float, bound: float
+) -> OracleSolution:
+    """Numerically solve min o·x s.t. c·x ≥ B, ‖x‖ ≤ R (all float64); see the module docstring."""
+    o = np.asarray(objective, dtype=np.float64).ravel()
+    c = np.asarray(constraint, dtype=np.float64).ravel()
+    R, B = float(radius), float(bound)
+    dim = o.size
+    # Work in u = x/R (unit ball) with unit-norm vectors so SLSQP sees O(1) numbers.
+    ball = {"type": "ineq", "fun": lambda u: 1.0 - u @ u, "jac": lambda u: -2.0 * u}
+    c_norm = float(np.linalg.norm(c))
+    if c_norm > 0:
+        c_hat = c / c_norm
+        reach_u = _slsqp(-c_hat, [ball], np.zeros(dim))
+        reach = R * c_norm * float(c_hat @ reach_u) if R > 0 else 0.0
+    else:
+        reach = 0.0
+    feasible = reach >= B
+    if not feasible:
+        nan = np.full(dim, np.nan)
+        return OracleSolution(False, reach, float("nan"), nan)
+    if R == 0:
+        return OracleSolution(True, reach, 0.0, np.zeros(dim))
+    o_norm = float(np.linalg.norm(o))
+    constraints = [ball]
+    if c_norm > 0:
+        b = B / (R * c_norm)
+        constraints.append({"type": "ineq", "fun": lambda u: c_hat @ u - b, "jac": lambda u: c_hat})
+        x0 = c_hat * (b + 1.0) / 2  # strictly inside the feasible set (b < 1)
+    else:
+        x0 = np.zeros(dim)
+    if o_norm == 0:
+        return OracleSolution(True, reach, 0.0, R * x0)
+    u = _slsqp(o / o_norm, constraints, x0)
+    # The returned point must be feasible up to SLSQP's tolerance (~1e-8 here), otherwise it proves nothing;
+    # the tests compare values at 1e-6 of the problem's scale.
+    assert u @ u <= 1.0 + 1e-7, "oracle point leaves the ball"
+    if c_norm > 0:
+        assert c_hat @ u >= b - 1e-7, "oracle point misses the constraint"
+    x = R * u / max(1.0, float(np.linalg.norm(u)))
+    return OracleSolution(True, reach, float(o @ x), x)
+
+
+@pytest.fixture(scope="session")
+def qp_oracle() -> Callable[[np.ndarray, np.ndarray, float, float], OracleSolution]:
+    return solve_numerically
+
+
+@pytest.fixture(scope="module")
+def single_thread() -> Iterator[None]:
+    """One torch and one BLAS thread for the tiny problems here.
+
+    With the default thread pools, a loaded 2-core machine (other test runs in parallel) makes torch's
+    OpenMP and OpenBLAS threads spin against each other: measured 15-50x slower for these tests.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with threadpool_limits(limits=1):
+            yield
+    finally:
+        torch.set_num_threads(before)
