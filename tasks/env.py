@@ -80,4 +80,8 @@ def configure_environment(home: Path | None = None) -> StatePaths:
     }
     for key, value in defaults.items():
         os.environ.setdefault(key, value)
+    import logging
+
+    for noisy in ("distributed", "mlflow", "alembic"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     return paths

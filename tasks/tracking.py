@@ -104,4 +104,10 @@ def log_flat_dict(prefix: str, values: Mapping[str, Any]) -> None:
 
     walk(prefix, values)
     if metrics:
-        mlflow.log_metrics({k.replace(" ", "_")[:250]: v for k, v in metrics.items()})
+        mlflow.log_metrics({_metric_name(k): v for k, v in metrics.items()})
+
+
+def _metric_name(key: str) -> str:
+    """MLflow accepts alphanumerics and ``_-. :/`` only: ``tpr@0.01`` becomes ``tpr_at_0.01``."""
+    key = key.replace("@", "_at_")
+    return "".join(c if c.isalnum() or c in "_-.:/" else "_" for c in key)[:250]

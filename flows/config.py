@@ -1,0 +1,42 @@
+"""The deletion-batch flow's parameters: a validated pydantic model (the Prefect UI renders it as a form)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field, field_validator
+
+from hamu.methods import METHODS
+
+
+class BatchConfig(BaseModel):
+    """Everything one deletion batch needs. Defaults are the CPU demo's."""
+
+    preset: str = Field("fashion-mnist-cpu", description="training preset of the served model")
+    model_name: str | None = Field(None, description="registered model name (default: hamu-<preset>)")
+    method: str = Field("hamu-q", description="unlearning method")
+    lr: float = Field(0.01, gt=0)
+    max_steps: int = Field(100, ge=1, le=100_000)
+    constraint_ratio: float = Field(0.1, ge=0, le=1, description="HAMU's c = B/η")
+    batch_size: int = Field(256, ge=2, description="retain and forget batch size for unlearning")
+    max_grad_norm: float = Field(1.0, gt=0)
+    stop_on_degradation: bool = False
+    hardness_batches: int = Field(3, ge=1, le=50)
+    gate_policy: Literal["stop", "warn"] = Field("stop", description="hardness verdict against unlearning")
+    cost_aware: bool = Field(True, description="retrain exactly when that is predicted to be cheaper")
+    train_reference: bool = Field(True, description="train the exact retrained reference when absent")
+    eval_retain_rows: int = Field(3000, ge=100, description="retain rows used for evaluation")
+    shadow_models: int = Field(2, ge=0, le=64, description="LiRA reference models (0 turns LiRA off)")
+    max_requests: int | None = Field(None, ge=1)
+    seed: int = 0
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, value: str) -> str:
+        if value not in METHODS:
+            raise ValueError(f"unknown method {value!r}; accepted: {', '.join(METHODS)}")
+        return value
+
+    @property
+    def registered_name(self) -> str:
+        return self.model_name or f"hamu-{self.preset}"

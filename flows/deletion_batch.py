@@ -1,0 +1,337 @@
+"""The deletion-batch flow: claim → validate → hardness gate → unlearn (or retrain) → evaluate → register.
+
+Every stage appends a hash-chained audit record. The champion alias is never moved here (promotion is a
+separate, gated step), so a crash at any point leaves the served model as it was; claimed requests of a
+dead batch are released by the next run.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+import mlflow
+import numpy as np
+from prefect import flow
+from prefect.context import get_run_context
+from prefect_dask import DaskTaskRunner
+
+from flows.config import BatchConfig
+from hamu.audit import KeyedHasher, load_or_create_key, sha256_json
+from hamu.data import split_by_ids
+from hamu.evaluation import MissingReferenceError, ReferenceSpec, ReferenceStats
+from hamu.models.checkpoint import tensors_digest as _tensors_digest
+from hamu.requests import RequestQueue
+from tasks.audit import BatchAudit
+from tasks.env import configure_environment
+from tasks.evaluation import evaluate, make_plots, shadow_specs, train_shadow
+from tasks.faults import maybe_fault
+from tasks.hardness import assess, gate
+from tasks.intake import claim_batch, close_requests, record_verdicts
+from tasks.locks import BatchLock, release_dead_claims
+from tasks.models import ensure_champion, load_preset_data, retrained_reference
+from tasks.registration import log_dataset_digests, log_report_metrics, register_candidate
+from tasks.reporting import publish
+from tasks.tracking import ensure_experiment
+from tasks.unlearning import run_unlearning
+from tasks.validation import requests_frame, validate_requests
+
+
+def new_batch_id() -> str:
+    return datetime.now(UTC).strftime("b%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+
+
+@flow(
+    name="shadow-references",
+    task_runner=DaskTaskRunner(cluster_kwargs={"n_workers": 1, "threads_per_worker": 2, "processes": False}),
+)
+def shadow_references(specs: list[ReferenceSpec]) -> list[ReferenceStats]:
+    """Train the LiRA reference models in parallel on a Dask cluster (one task per model)."""
+    futures = train_shadow.map(specs)
+    return [f.result() for f in futures]
+
+
+@contextmanager
+def _timed(timings: dict[str, float], stage: str) -> Any:
+    start = time.perf_counter()
+    yield
+    timings[stage] = round(time.perf_counter() - start, 3)
+
+
+@flow(name="deletion-batch")
+def deletion_batch(config: BatchConfig | None = None, batch_id: str | None = None) -> dict[str, Any]:
+    cfg = config or BatchConfig()
+    paths = configure_environment()
+    batch_id = batch_id or new_batch_id()
+    name = cfg.registered_name
+    timings: dict[str, float] = {}
+    hasher = KeyedHasher(load_or_create_key(paths.home))
+    queue = RequestQueue(paths.requests_url)
+    lock = BatchLock(paths.work, batch_id)
+    if not lock.acquire():
+        raise RuntimeError(f"batch {batch_id} is already running")
+    audit = BatchAudit(paths.audit, hasher, batch_id)
+    summary: dict[str, Any] = {"batch_id": batch_id, "model_name": name}
+    try:
+        released = release_dead_claims(queue, paths.work)
+        if released:
+            audit.record("release-dead-claims", decision="released", params=released)
+        with _timed(timings, "setup"):
+            ensure_experiment(paths)
+            data = load_preset_data(cfg.preset)
+            champion = ensure_champion(paths, data, name)
+        with _timed(timings, "claim"):
+            claimed = claim_batch(queue, batch_id, cfg.max_requests)
+        if not claimed:
+            summary.update(status="empty", requests=0, message="no pending requests to handle")
+            return summary
+        summary["requests"] = len(claimed)
+        maybe_fault("claim")
+        try:
+            summary.update(_run_claimed(cfg, paths, data, champion, claimed, queue, audit, timings, summary))
+        except BaseException as exc:
+            queue.release_batch(batch_id)
+            audit.record("failed", decision="released", reason=f"{type(exc).__name__}: {exc}"[:500])
+            raise
+        summary["stage_seconds"] = timings
+        publish(summary)
+        return summary
+    finally:
+        lock.release()
+        queue.close()
+
+
+def _run_claimed(
+    cfg: BatchConfig,
+    paths: Any,
+    data: Any,
+    champion: Any,
+    claimed: list[Any],
+    queue: RequestQueue,
+    audit: BatchAudit,
+    timings: dict[str, float],
+    summary: dict[str, Any],
+) -> dict[str, Any]:
+    batch_id = audit.batch_id
+    hasher = audit.hasher
+    out: dict[str, Any] = {}
+    flow_run_id = str(get_run_context().flow_run.id)  # type: ignore[union-attr]
+    with mlflow.start_run(run_name=f"batch-{batch_id}") as run:
+        audit.mlflow_run_id = run.info.run_id
+        out["mlflow_run_id"] = run.info.run_id
+        mlflow.set_tags(
+            {"batch_id": batch_id, "prefect_flow_run_id": flow_run_id, "source_version": champion.version}
+        )
+        mlflow.log_params({k: v for k, v in cfg.model_dump().items() if v is not None})
+        audit.record(
+            "claim",
+            decision=f"{len(claimed)} claimed",
+            params={"requests": len(claimed), "champion_version": champion.version},
+            inputs={"request_hashes": sha256_json(sorted(hasher.hash(r.request_id) for r in claimed))},
+        )
+
+        with _timed(timings, "validate"):
+            erased_before = queue.erased_record_ids()
+            outcome = validate_requests(requests_frame(claimed), data.manifest_ids, erased_before)
+            record_verdicts(queue, batch_id, outcome.verdict_map())
+        counts = outcome.counts()
+        out["verdicts"] = counts
+        gx = json.dumps(outcome.gx_result, sort_keys=True, default=str).encode()
+        audit.record(
+            "validate",
+            decision=f"{counts.get('accepted', 0)} accepted",
+            params={
+                "counts": counts,
+                "suite": outcome.suite.suite_name,
+                "suite_sha256": outcome.suite.suite_sha256,
+            },
+            artifacts={"gx_result": ("gx_result.json", gx)},
+        )
+        maybe_fault("validate")
+        rows = list(outcome.verdicts.itertuples(index=False))
+        verdict_rows = [(str(r.request_id), str(r.record_id), str(r.verdict), str(r.reason)) for r in rows]
+        accepted = outcome.accepted()
+        accepted_requests = [str(x) for x in accepted["request_id"]]
+        if accepted.empty:
+            close_requests(queue, batch_id, [], "")
+            audit.issue_receipts(verdict_rows, model_name=name_of(champion), model_version="", evidence={})
+            out.update(action="none", reason="no request was accepted", status="rejected")
+            return out
+
+        with _timed(timings, "split"):
+            train_now = data.train
+            if erased_before:
+                train_now = train_now.filter(lambda r: r["record_id"] not in erased_before)
+            split = split_by_ids(train_now, data.test, [str(x) for x in accepted["record_id"]])
+            feat = champion.featurizer
+            retain, forget, test = (split.tensors(p, feat) for p in ("retain", "forget", "test"))
+        digests = {"retain": split.retain_digest, "forget": split.forget_digest, "test": split.test_digest}
+        log_dataset_digests(digests, split.spec.name, split.sizes())
+        mlflow.log_params({f"size_{k}": v for k, v in split.sizes().items()})
+        audit.record(
+            "split", params={"sizes": split.sizes(), "previously_erased": len(erased_before)}, inputs=digests
+        )
+
+        with _timed(timings, "hardness"):
+            report, per_step = assess(champion, retain, forget, cfg)
+            decision = gate(report, per_step, champion, len(retain[1]), cfg)
+        out.update(
+            action=decision.action,
+            reason=decision.reason,
+            hardness_verdict=report.verdict,
+            kappa=report.kappa,
+        )
+        mlflow.log_metrics({f"hardness.{k}": float(v) for k, v in report.to_dict().items() if _number(v)})
+        audit.record(
+            "hardness",
+            decision=decision.action,
+            reason=decision.reason,
+            params={"verdict": report.verdict, "warnings": list(decision.warnings)},
+            artifacts={
+                "hardness": ("hardness.json", json.dumps(report.to_dict(), sort_keys=True).encode()),
+                "decision": ("decision.json", json.dumps(decision.to_dict(), sort_keys=True).encode()),
+            },
+        )
+        maybe_fault("hardness")
+
+        with _timed(timings, "reference"):
+            reference, kind, ref_seconds = retrained_reference(
+                paths, split, champion, train=cfg.train_reference or decision.action == "retrain"
+            )
+        if reference is None:
+            raise MissingReferenceError(
+                "no retrained reference for this retain set and train_reference is off: "
+                "enable it or train one with the train-reference deployment"
+            )
+        audit.record(
+            "reference",
+            decision=kind,
+            params={"train_seconds": round(ref_seconds, 3)},
+            outputs={"weights": tensors_digest(reference.model)},
+        )
+
+        history: list[Any] = []
+        tensor_names: tuple[str, ...] = ()
+        with _timed(timings, "unlearn"):
+            if decision.action == "unlearn":
+                result, seconds = run_unlearning(champion, retain, forget, cfg, run.info.run_id)
+                model, history, tensor_names = result.model, result.history, result.tensor_names
+                stop, steps = result.stop_reason, result.steps_applied
+            else:
+                if kind != "retrained":
+                    raise MissingReferenceError("retraining was chosen but only a proxy reference exists")
+                model, seconds, stop, steps = reference.model, ref_seconds, "retrained", 0
+        mlflow.log_metrics({"unlearn_seconds": seconds, "steps_applied": float(steps)})
+        audit.record(
+            "unlearn",
+            decision=decision.action,
+            reason=stop,
+            params={
+                "method": cfg.method if decision.action == "unlearn" else "exact-retrain",
+                "steps": steps,
+            },
+            inputs={"champion_weights": tensors_digest(champion.model)},
+            outputs={"weights": tensors_digest(model)},
+        )
+        maybe_fault("unlearn")
+
+        with _timed(timings, "evaluate"):
+            gen = np.random.default_rng(cfg.seed)
+            keep = np.sort(
+                gen.choice(len(retain[1]), size=min(cfg.eval_retain_rows, len(retain[1])), replace=False)
+            )
+            splits = {"retain": (retain[0][keep], retain[1][keep]), "forget": forget, "test": test}
+            stats = None
+            if cfg.shadow_models >= 2:
+                specs = shadow_specs(splits, cfg.shadow_models, cfg.seed, len(split.spec.class_names))
+                stats = shadow_references(specs)
+            evaluation = evaluate(
+                {"original": champion.model, "retrained": reference.model, "unlearned": model},
+                splits,
+                reference_kind=kind,
+                stats=stats,
+                digests=digests,
+                seed=cfg.seed,
+            )
+            work = paths.work_dir(batch_id)
+            evaluation.scores.save(work / "scores")
+            plots = make_plots(evaluation, history, tensor_names, cfg.method, work / "plots")
+            report_path = evaluation.report.write(work / "evaluation.json")
+        report_dict = evaluation.report.to_dict()
+        log_report_metrics(report_dict)
+        passed = evaluation.report.passed("unlearned")
+        out.update(evidence=evaluation.report.evidence_level, gates_passed=passed)
+        audit.record(
+            "evaluate",
+            decision="pass" if passed else "fail",
+            reason=f"evidence {evaluation.report.evidence_level}",
+            artifacts={"evaluation": ("evaluation.json", report_path.read_bytes())},
+        )
+        out["report_path"] = str(paths.audit / "batches" / batch_id / "evaluation.json")
+        maybe_fault("evaluate")
+
+        with _timed(timings, "register"):
+            metadata = dict(champion.metadata)
+            metadata.update(
+                role="unlearned" if decision.action == "unlearn" else "retrained",
+                data_digest=split.retain_digest,
+                data_size=len(retain[1]),
+                batch_id=batch_id,
+                source_version=champion.version,
+            )
+            metadata.pop("split", None)
+            version = register_candidate(
+                name=champion.name,
+                model=model,
+                metadata=metadata,
+                example=test[0][:2],
+                report_path=report_path,
+                plots=plots,
+                tags={
+                    "batch_id": batch_id,
+                    "prefect_flow_run_id": flow_run_id,
+                    "source_version": champion.version,
+                    "code_version": audit.ledger.records()[-1].code_version,
+                    "action": decision.action,
+                    "gates_passed": str(passed),
+                    "evidence": evaluation.report.evidence_level,
+                },
+            )
+        out["model_version"] = str(version.version)
+        audit.record(
+            "register",
+            decision="candidate",
+            outputs={"model_version": version.version, "weights": tensors_digest(model)},
+        )
+        maybe_fault("register")
+
+        close_requests(queue, batch_id, accepted_requests, str(version.version))
+        evidence = {
+            "model_passed_bands": passed,
+            "evidence_strength": evaluation.report.evidence_level,
+            "action": decision.action,
+            "promotion": "candidate (champion moves only through `hamu promote`)",
+        }
+        audit.issue_receipts(
+            verdict_rows, model_name=champion.name, model_version=str(version.version), evidence=evidence
+        )
+        audit.delete_work_area(paths.work_dir(batch_id))
+        out["status"] = "completed"
+    return out
+
+
+def tensors_digest(model: Any) -> str:
+    """SHA-256 of a model's weights (name, dtype, shape, bytes), as stored in checkpoints."""
+    return _tensors_digest({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()})
+
+
+def name_of(champion: Any) -> str:
+    return str(champion.name)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and np.isfinite(value)

@@ -1,0 +1,77 @@
+"""`make demo`: a real deletion batch through the whole pipeline on the embedded defaults.
+
+Submits a batch of deletion requests for records of the preset's training set (plus one unknown ID and one
+repeated record, to show that rejections are kept with their reason), runs the deletion-batch flow, and
+prints where to look next.
+"""
+
+from __future__ import annotations
+
+import csv
+import time
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+from rich.console import Console
+
+from tasks.env import configure_environment
+
+DEMO_BATCH = 500
+
+
+def run_demo(
+    *, preset: str = "fashion-mnist-cpu", console: Console | None = None, size: int = DEMO_BATCH
+) -> dict:
+    out = console or Console()
+    paths = configure_environment()
+    start = time.perf_counter()
+    from flows.config import BatchConfig
+    from flows.deletion_batch import deletion_batch
+    from hamu.requests import RequestQueue
+    from tasks.models import load_preset_data
+
+    data = load_preset_data(preset)
+    with RequestQueue(paths.requests_url) as queue:
+        erased = queue.erased_record_ids()
+        ids = [i for i in data.manifest_ids if i not in erased]
+        rng = np.random.default_rng(len(erased))
+        chosen = [ids[i] for i in sorted(rng.choice(len(ids), size=min(size, len(ids) - 1), replace=False))]
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+        received = (datetime.now(UTC) - timedelta(minutes=1)).isoformat()
+        rows = [(f"demo-{stamp}-{n:05d}", rid, "privacy", received) for n, rid in enumerate(chosen)]
+        rows.append(
+            (
+                f"demo-{stamp}-unknown",
+                f"{data.train[0]['record_id'].split('-')[0]}-train-999999",
+                "privacy",
+                received,
+            )
+        )
+        rows.append((f"demo-{stamp}-repeat", chosen[0], "copyright", received))
+        inbox = paths.home / "inbox"
+        inbox.mkdir(exist_ok=True)
+        path = inbox / f"demo-{stamp}.csv"
+        with open(path, "w", newline="", encoding="utf-8") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["request_id", "record_id", "reason", "received_at"])
+            writer.writerows(rows)
+        submitted = queue.submit_file(path)
+    out.print(f"submitted {submitted.count} deletion requests from {path}")
+    summary = deletion_batch(BatchConfig(preset=preset))
+    elapsed = time.perf_counter() - start
+    out.print(
+        f"\n[bold]batch {summary['batch_id']}[/bold] finished in {elapsed:.1f} s: {summary.get('status')}"
+    )
+    for key in ("verdicts", "hardness_verdict", "action", "reason", "evidence", "gates_passed"):
+        out.print(f"  {key}: {summary.get(key)}")
+    out.print(
+        f"  registered model: {summary.get('model_name')} version {summary.get('model_version')} "
+        "(alias 'candidate'; 'champion' unchanged until promotion)"
+    )
+    out.print(f"  evidence report: {summary.get('report_path')}")
+    out.print(f"  MLflow: {paths.mlflow_uri} (run {summary.get('mlflow_run_id')})")
+    out.print(
+        "\nnext: .venv/bin/hamu audit verify | .venv/bin/hamu requests list | "
+        f".venv/bin/hamu audit trace {rows[0][0]}"
+    )
+    return summary

@@ -1,0 +1,123 @@
+"""Audit tasks: append one ledger record per step (hashes, decision, run links), issue erasure receipts,
+and delete the batch's working area with a record of the deletion."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from prefect.context import get_run_context
+
+from hamu.audit import ErasureReceipt, KeyedHasher, Ledger, LedgerRecord, ReceiptStore, file_sha256
+
+
+def prefect_refs() -> dict[str, str]:
+    try:
+        ctx = get_run_context()
+    except Exception:
+        return {}
+    refs: dict[str, str] = {}
+    flow_run = getattr(ctx, "flow_run", None)
+    if flow_run is not None:
+        refs["prefect_flow_run_id"] = str(flow_run.id)
+    task_run = getattr(ctx, "task_run", None)
+    if task_run is not None:
+        refs["prefect_task_run_id"] = str(task_run.id)
+    return refs
+
+
+class BatchAudit:
+    """The ledger view of one batch; every call appends one chained record."""
+
+    def __init__(self, root: Path, hasher: KeyedHasher, batch_id: str, mlflow_run_id: str = "") -> None:
+        self.ledger = Ledger(root)
+        self.receipts = ReceiptStore(self.ledger)
+        self.hasher = hasher
+        self.batch_id = batch_id
+        self.mlflow_run_id = mlflow_run_id
+
+    def record(
+        self,
+        step: str,
+        *,
+        decision: str = "",
+        reason: str = "",
+        params: Mapping[str, Any] | None = None,
+        inputs: Mapping[str, str] | None = None,
+        outputs: Mapping[str, str] | None = None,
+        artifacts: Mapping[str, tuple[str, bytes]] | None = None,
+    ) -> LedgerRecord:
+        refs = prefect_refs()
+        if self.mlflow_run_id:
+            refs["mlflow_run_id"] = self.mlflow_run_id
+        stored = {
+            name: self.ledger.add_artifact(name, f"batches/{self.batch_id}/{rel}", data)
+            for name, (rel, data) in (artifacts or {}).items()
+        }
+        return self.ledger.append(
+            LedgerRecord(
+                step=step,
+                batch_id=self.batch_id,
+                decision=decision,
+                reason=reason,
+                params=dict(params or {}),
+                inputs=dict(inputs or {}),
+                outputs=dict(outputs or {}),
+                artifacts=stored,
+                refs=refs,
+            )
+        )
+
+    def issue_receipts(
+        self,
+        verdicts: list[tuple[str, str, str, str]],
+        *,
+        model_name: str,
+        model_version: str,
+        evidence: Mapping[str, Any],
+    ) -> LedgerRecord:
+        """One receipt per request (keyed hashes only); accepted requests name the model version."""
+        now = datetime.now(UTC).isoformat()
+        refs = {}
+        for request_id, record_id, verdict, reason in verdicts:
+            accepted = verdict == "accepted"
+            receipt = ErasureReceipt(
+                request_hash=self.hasher.hash(request_id),
+                record_hash=self.hasher.hash(record_id),
+                verdict=verdict,
+                reason=reason,
+                batch_id=self.batch_id,
+                issued_at=now,
+                model_name=model_name if accepted else "",
+                model_version=model_version if accepted else "",
+                evidence=dict(evidence) if accepted else {},
+            )
+            ref = self.receipts.write(receipt)
+            refs[f"receipt:{receipt.request_hash[-16:]}"] = ref
+        return self.ledger.append(
+            LedgerRecord(
+                step="receipts",
+                batch_id=self.batch_id,
+                decision=f"{len(verdicts)} receipts",
+                artifacts=refs,
+                refs=prefect_refs(),
+            )
+        )
+
+    def delete_work_area(self, folder: Path) -> LedgerRecord:
+        """Delete the forget rows and per-example scores; record what was deleted (names and hashes)."""
+        deleted: dict[str, str] = {}
+        if folder.exists():
+            for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+                deleted[str(path.relative_to(folder))] = file_sha256(path)
+            shutil.rmtree(folder)
+        return self.record(
+            "delete-work-area",
+            decision="deleted",
+            reason="forget rows and per-example scores live only in the batch's working area",
+            outputs=deleted,
+            params={"exists_after": folder.exists()},
+        )

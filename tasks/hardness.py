@@ -1,0 +1,54 @@
+"""Hardness assessment and the unlearn-or-retrain gate on the current champion."""
+
+from __future__ import annotations
+
+import copy
+import time
+from typing import Any
+
+import torch.nn.functional as F
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from hamu.core.transform import HamuConfig
+from hamu.decision import CostEstimate, Decision, decide
+from hamu.hardness import HardnessReport, assess_hardness
+from tasks.loaders import batches
+from tasks.models import ServedModel
+
+
+@task(name="assess-hardness", cache_policy=NO_CACHE)
+def assess(
+    champion: ServedModel, retain: tuple[Any, Any], forget: tuple[Any, Any], config: Any
+) -> tuple[HardnessReport, float]:
+    """Hardness on ``hardness_batches`` paired batches; also the measured seconds per paired step."""
+    hamu = HamuConfig(
+        variant="hamu-u" if config.method == "hamu-u" else "hamu-q", constraint_ratio=config.constraint_ratio
+    )
+    start = time.perf_counter()
+    report = assess_hardness(
+        copy.deepcopy(champion.model),
+        F.cross_entropy,
+        batches(retain, config.batch_size, seed=config.seed),
+        batches(forget, config.batch_size, seed=config.seed + 1),
+        hamu=hamu,
+        lr=config.lr,
+        batches=config.hardness_batches,
+        max_grad_norm=config.max_grad_norm,
+        device="cpu",
+    )
+    per_step = (time.perf_counter() - start) / config.hardness_batches
+    return report, per_step
+
+
+@task(name="gate", cache_policy=NO_CACHE)
+def gate(
+    report: HardnessReport, seconds_per_step: float, champion: ServedModel, retain_rows: int, config: Any
+) -> Decision:
+    """Retrain cost: the champion's recorded training time, scaled to the retain set's size."""
+    cost = None
+    if config.cost_aware:
+        trained_rows = max(int(champion.metadata.get("data_size", retain_rows)), 1)
+        retrain = float(champion.metadata.get("train_seconds", 0.0)) * retain_rows / trained_rows
+        cost = CostEstimate(unlearn_seconds=seconds_per_step * config.max_steps, retrain_seconds=retrain)
+    return decide(report, cost, policy=config.gate_policy)

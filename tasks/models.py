@@ -1,0 +1,147 @@
+"""The served model and its data: the preset's training set, the champion, the retrained reference."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import torch
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from torch import nn
+
+from hamu.data import Split, dataset_digest, load_train_test, record_ids, subset
+from hamu.data.tensors import Featurizer
+from hamu.models import load_checkpoint
+from hamu.train import TrainedModel, get_preset, train_model
+from hamu.train.trainer import featurizer_from_metadata
+from tasks.env import StatePaths
+from tasks.tracking import alias_version, download_checkpoint, log_model_version, set_alias
+
+
+@dataclass
+class PresetData:
+    """The preset's full training set (the manifest) and its test set."""
+
+    preset: str
+    train: Any
+    test: Any
+
+    @property
+    def manifest_ids(self) -> list[str]:
+        return record_ids(self.train)
+
+
+@dataclass
+class ServedModel:
+    name: str
+    version: str
+    model: nn.Module
+    metadata: dict[str, Any]
+    featurizer: Featurizer
+    checkpoint: Path
+
+
+def load_preset_data(preset: str) -> PresetData:
+    p = get_preset(preset)
+    train, test = load_train_test(p.dataset)
+    if p.train_size is not None:
+        train = subset(train, p.train_size, seed=0)
+    if p.test_size is not None:
+        test = subset(test, p.test_size, seed=0)
+    return PresetData(preset=preset, train=train, test=test)
+
+
+def _example(featurizer: Featurizer, ds: Any) -> torch.Tensor:
+    return featurizer.encode(ds.select(range(min(2, len(ds)))))
+
+
+@task(name="ensure-champion", cache_policy=NO_CACHE)
+def ensure_champion(paths: StatePaths, data: PresetData, name: str, *, progress: bool = False) -> ServedModel:
+    """Return the registry's ``champion``; on a fresh store, train the preset's original and register it."""
+    version = alias_version(name, "champion")
+    if version is None:
+        recipe = get_preset(data.preset).recipe
+        trained = train_model(data.train, recipe, role="original", progress=progress)
+        ckpt_dir = paths.models / data.preset
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        path = trained.save(ckpt_dir / "original.safetensors")
+        with mlflow.start_run(run_name=f"train-original-{data.preset}"):
+            mlflow.log_params({"preset": data.preset, "role": "original", **_flat(recipe.to_dict())})
+            mlflow.log_metric("train_seconds", float(trained.metadata["train_seconds"]))
+            version = log_model_version(
+                trained.model,
+                name=name,
+                example=_example(trained.featurizer, data.train),
+                checkpoint_dir=_single_file_dir(path),
+                tags={
+                    "role": "original",
+                    "preset": data.preset,
+                    "data_digest": trained.metadata["data_digest"],
+                },
+            )
+        set_alias(name, "champion", version.version)
+    return load_version(name, version.version)
+
+
+def load_version(name: str, version: str) -> ServedModel:
+    from mlflow import MlflowClient
+
+    mv = MlflowClient().get_model_version(name, version)
+    folder = download_checkpoint(mv)
+    files = sorted(folder.glob("*.safetensors"))
+    if len(files) != 1:
+        raise FileNotFoundError(f"model version {name}/{version} has no single safetensors checkpoint")
+    model, metadata = load_checkpoint(files[0])
+    return ServedModel(name, version, model, metadata, featurizer_from_metadata(metadata), files[0])
+
+
+@task(name="retrained-reference", cache_policy=NO_CACHE)
+def retrained_reference(
+    paths: StatePaths, split: Split, champion: ServedModel, *, train: bool, progress: bool = False
+) -> tuple[TrainedModel | None, str, float]:
+    """The exact reference for this retain set (cached by its digest), trained when absent and allowed.
+
+    Returns (model or None, kind, seconds): kind is ``retrained`` for an exact reference, ``proxy`` when
+    the newest reference of another retain set stands in (labelled, never silently), ``missing`` otherwise.
+    """
+    folder = paths.models / "references"
+    path = folder / f"{split.retain_digest[:24]}.safetensors"
+    if path.exists():
+        model, metadata = load_checkpoint(path, expected_data_digest=split.retain_digest)
+        return TrainedModel(model, featurizer_from_metadata(metadata), metadata), "retrained", 0.0
+    if train:
+        from hamu.train import Recipe
+
+        recipe = Recipe.from_dict(champion.metadata["recipe"])
+        start = time.perf_counter()
+        trained = train_model(split.retain, recipe, spec=split.spec, role="reference", progress=progress)
+        seconds = time.perf_counter() - start
+        if trained.metadata["data_digest"] != split.retain_digest:
+            raise RuntimeError("the reference's training data digest is not the retain set's")
+        folder.mkdir(parents=True, exist_ok=True)
+        trained.save(path)
+        return trained, "retrained", seconds
+    others = sorted(folder.glob("*.safetensors"), key=lambda p: p.stat().st_mtime)
+    if others:
+        model, metadata = load_checkpoint(others[-1])
+        return TrainedModel(model, featurizer_from_metadata(metadata), metadata), "proxy", 0.0
+    return None, "missing", 0.0
+
+
+def _single_file_dir(path: Path) -> Path:
+    folder = Path(tempfile.mkdtemp(prefix="hamu-ckpt-"))
+    (folder / path.name).write_bytes(path.read_bytes())
+    return folder
+
+
+def _flat(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: (str(v) if isinstance(v, dict | list) else v) for k, v in d.items()}
+
+
+def digest_of(ds: Any) -> str:
+    return dataset_digest(ds)
