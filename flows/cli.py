@@ -212,6 +212,82 @@ def audit_trace(
                 console.print(f"  #{rec.seq} {rec.time} {rec.step}: {rec.decision} {rec.reason}".rstrip())
 
 
+# ---------------------------------------------------------------------------------------------- promotion
+def _audit_for(batch_id: str) -> Any:
+    from hamu.audit import KeyedHasher, load_or_create_key
+    from tasks.audit import BatchAudit
+
+    paths = configure_environment()
+    return paths, BatchAudit(paths.audit, KeyedHasher(load_or_create_key(paths.home)), batch_id)
+
+
+@app.command()
+def promote(
+    batch: str = typer.Option(..., "--batch", help="the batch whose candidate should become champion"),
+    utility_budget: float = typer.Option(0.02, help="largest allowed test-accuracy drop vs the original"),
+    ks_max: float | None = typer.Option(None, help="largest allowed KS D (default: the report's band)"),
+) -> None:
+    """Move `champion` to the batch's model version only if every gate passes; record the decision."""
+    from mlflow import MlflowClient
+
+    from hamu.promotion import promotion_gates
+    from tasks.tracking import alias_version, ensure_experiment
+
+    paths, audit = _audit_for(batch)
+    report_path = paths.audit / "batches" / batch / "evaluation.json"
+    if not report_path.exists():
+        err.print(f"no evaluation report for batch {batch!r} ({report_path})")
+        raise typer.Exit(2)
+    ensure_experiment(paths)
+    client = MlflowClient()
+    found = client.search_model_versions(f"tags.batch_id = '{batch}'")
+    if len(found) != 1:
+        err.print(f"expected one model version tagged batch_id={batch!r}, found {len(found)}")
+        raise typer.Exit(2)
+    candidate = found[0]
+    gates = promotion_gates(json.loads(report_path.read_text()), utility_budget=utility_budget, ks_max=ks_max)
+    table = Table(title=f"promotion gates: {candidate.name} v{candidate.version}")
+    for col in ("gate", "passed", "value", "limit", "detail"):
+        table.add_column(col)
+    for g in gates:
+        table.add_row(
+            g.name, "yes" if g.passed else "[red]NO[/red]", f"{g.value:.4g}", f"{g.limit:.4g}", g.detail
+        )
+    console.print(table)
+    previous = alias_version(candidate.name, "champion")
+    params = {"gates": [g.to_dict() for g in gates], "candidate": str(candidate.version)}
+    if not all(g.passed for g in gates):
+        failed = ", ".join(f"{g.name} ({g.value:.4g} vs {g.limit:.4g})" for g in gates if not g.passed)
+        audit.record("promote", decision="refused", reason=f"failed gates: {failed}", params=params)
+        err.print(f"champion unchanged: failed gates: {failed}")
+        raise typer.Exit(1)
+    prev = str(previous.version) if previous else ""
+    client.set_model_version_tag(candidate.name, candidate.version, "previous_champion", prev)
+    client.set_registered_model_alias(candidate.name, "champion", candidate.version)
+    audit.record("promote", decision="promoted", reason=f"previous champion {prev or '-'}", params=params)
+    console.print(f"champion: {candidate.name} v{candidate.version} (previous: {prev or '-'})")
+
+
+@app.command()
+def rollback(model: str = typer.Option(..., "--model", help="registered model name")) -> None:
+    """Restore the champion that the current champion replaced; record the rollback."""
+    from mlflow import MlflowClient
+
+    from tasks.tracking import alias_version, ensure_experiment
+
+    paths = configure_environment()
+    ensure_experiment(paths)
+    current = alias_version(model, "champion")
+    previous = (current.tags or {}).get("previous_champion") if current else None
+    if current is None or not previous:
+        err.print(f"nothing to roll back for {model!r}: no champion, or it replaced none")
+        raise typer.Exit(1)
+    MlflowClient().set_registered_model_alias(model, "champion", previous)
+    _, audit = _audit_for(str((current.tags or {}).get("batch_id", "rollback")))
+    audit.record("rollback", decision="rolled-back", reason=f"champion {current.version} → {previous}")
+    console.print(f"champion: {model} v{previous} (was v{current.version})")
+
+
 # --------------------------------------------------------------------------------------------------- demo
 @app.command()
 def demo(
