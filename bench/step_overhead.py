@@ -1,12 +1,13 @@
 """HAMU's per-step overhead: a HAMU-Q step against a GDiff step on the same model and batches.
 
 Both methods do two forward and two backward passes per step (one per objective); HAMU adds the transform.
-We time whole unlearning steps (median of >= 20 after warm-up) and the transform alone, and compare the
+We time whole unlearning steps (median of >= 20 after warm-up, the two methods interleaved in rounds
+so load changes on a shared machine hit both alike) and the transform alone, and compare the
 vectorised transform with a naive per-tensor loop that synchronises with the host at every branch test
 (:func:`hamu.solve_block` per tensor, as the public reference does). Ends with ``hamu_over_gdiff=<ratio>``
 (the worst ratio over the models measured).
 
-Usage: python bench/step_overhead.py [--steps 25] [--batch 128] [--models cnn,resnet20]
+Usage: python bench/step_overhead.py [--steps 25] [--rounds 4] [--batch 128] [--models cnn,resnet20]
 """
 
 from __future__ import annotations
@@ -93,6 +94,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--models", default="cnn,resnet20")
+    parser.add_argument("--rounds", type=int, default=4, help="interleaved gdiff/hamu-q rounds")
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
 
@@ -100,7 +102,10 @@ def main() -> None:
         f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
         f"torch {torch.__version__}, device cpu, python {platform.python_version()}"
     )
-    print(f"batch {args.batch}+{args.batch}, median of {args.steps} steps after {args.warmup} warm-up\n")
+    print(
+        f"batch {args.batch}+{args.batch}, median of {args.steps} steps in {args.rounds} interleaved rounds, "
+        f"each after {args.warmup} warm-up\n"
+    )
     header = (
         f"{'model':<10}{'tensors':>8}{'params':>10}{'gdiff ms':>10}{'hamu-q ms':>11}"
         f"{'ratio':>8}{'transform ms':>14}{'naive ms':>10}{'speed-up':>10}"
@@ -109,8 +114,16 @@ def main() -> None:
     print("-" * len(header))
     ratios = []
     for name in args.models.split(","):
-        gdiff = statistics.median(_step_times(name, "gdiff", args.steps, args.warmup, args.batch))
-        hamu = statistics.median(_step_times(name, "hamu-q", args.steps, args.warmup, args.batch))
+        # Interleave the two methods in rounds (alternating which goes first) and pool the step times, so a
+        # load change on a shared machine hits both methods alike instead of biasing the ratio.
+        per_round = -(-args.steps // args.rounds)
+        pooled: dict[str, list[float]] = {"gdiff": [], "hamu-q": []}
+        for r in range(args.rounds):
+            order = ("gdiff", "hamu-q") if r % 2 == 0 else ("hamu-q", "gdiff")
+            for method in order:
+                pooled[method] += _step_times(name, method, per_round, args.warmup, args.batch)
+        gdiff = statistics.median(pooled["gdiff"])
+        hamu = statistics.median(pooled["hamu-q"])
         model = build_model(name)
         g_r, g_f, layout = _paired_gradients(model)
         transform = HamuTransform(HamuConfig(constraint_ratio=0.1))

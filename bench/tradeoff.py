@@ -1,0 +1,533 @@
+"""The paper's two claims on CPU-sized data, following hamu-method.md §5 (the validated CPU protocol).
+
+(a) At a fixed forget target (ΔL_f ≥ 0.5), HAMU-Q pays a lower retain cost ΔL_r than the weighted-sum
+baselines; (b) unlearning gets harder as the forget set becomes like the retain set (ρ ↑): κ rises and the
+achievable gains shrink, so Pearson(ρ, κ̄) should be ≥ 0.95.
+
+Why it is built this way:
+
+* ρ-splits are drawn over one fixed training subset, so retain ∪ forget is the same for every ρ and one
+  original per (dataset, seed) serves all ρ (the near-duplicate setting adds rows, so it trains its own).
+* Originals are deliberately under-trained (full-batch Adam, few steps): a model trained to zero loss has
+  vanishing gradients, every baseline stands still and HAMU is infeasible at step 0 (§5 pitfalls).
+* Full-batch g_r and g_f, each clipped to norm 1, SGD η = 0.01, c = 0.1 (feasible at step 0 per §5).
+* Losses are cross-entropy measured by the benchmark after every step, not the methods' own objectives,
+  so KL and SCRUB are read on the same scale as the others. Runs go to T steps (HAMU stops at its first
+  infeasible step); the readout is the retain cost at the first step where ΔL_f ≥ target, and accuracies
+  and the loss-attack AUC are taken from that step's weights (or the last weights if never reached).
+
+Usage:
+  python bench/tradeoff.py --quick                    # digits, 3 seeds, ≤ 5 min on 2 cores
+  python bench/tradeoff.py                            # full: digits + fashion-mnist + tweets, 3 seeds
+  python bench/tradeoff.py --datasets fashion-mnist --seeds 0 --steps 150   # a slice
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import json
+import statistics
+import sys
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import (
+    OUT,
+    loss_auc_ci,
+    losses_and_accuracy,
+    machine,
+    machine_line,
+    mean_loss,
+    run_method,
+    set_threads,
+    table,
+    write_json,
+)
+
+from hamu.data import add_near_duplicates, load_train_test, split_rho, subset
+from hamu.train import Recipe, train_model
+
+METHODS = ("hamu-q", "hamu-u", "ft", "ga", "gdiff", "kl", "scrub", "neggrad+")
+RHOS = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+@dataclass(frozen=True)
+class DataSetup:
+    """One dataset at CPU size: which rows, which class to forget, and the under-trained recipe."""
+
+    name: str
+    train_size: int | None
+    test_size: int | None
+    forget_class: int | str
+    forget_size: int | None
+    recipe: Recipe
+
+
+SETUPS: dict[str, DataSetup] = {
+    # §5 verbatim: MLP 64-128-128-10, 50 full-batch Adam(1e-3) steps.
+    "digits": DataSetup(
+        "digits",
+        None,
+        None,
+        0,
+        None,
+        Recipe(model="mlp", model_config={"hidden": [128, 128]}, epochs=50, batch_size=100_000, lr=1e-3),
+    ),
+    # The fashion-mnist-cpu CNN, on a 3k/1k subset, trained full-batch for 60 Adam steps: under-trained on
+    # purpose (the 20-epoch preset leaves HAMU-Q only ~40 feasible steps, see docs/data.md).
+    "fashion-mnist": DataSetup(
+        "fashion-mnist",
+        3000,
+        1000,
+        0,
+        None,
+        Recipe(
+            model="cnn",
+            model_config={"channels": [8, 16], "hidden": 128},
+            epochs=60,
+            batch_size=100_000,
+            lr=3e-3,
+        ),
+    ),
+    # The tweets-cpu text model on a 3k/1k subset, full-batch Adam; forget class "positive", 300 rows.
+    "tweets": DataSetup(
+        "tweets",
+        3000,
+        1000,
+        "positive",
+        300,
+        Recipe(
+            model="text",
+            model_config={"embed_dim": 32, "hidden": 64},
+            epochs=40,
+            batch_size=100_000,
+            lr=3e-3,
+            vocab_size=5000,
+            vocab_min_freq=2,
+            text_max_len=64,
+        ),
+    ),
+}
+
+
+def load(setup: DataSetup) -> tuple[Any, Any]:
+    train, test = load_train_test(setup.name)
+    if setup.train_size is not None:
+        train = subset(train, setup.train_size, seed=0)
+    if setup.test_size is not None:
+        test = subset(test, setup.test_size, seed=0)
+    return train, test
+
+
+def first_crossing(forget: list[float], target: float) -> int | None:
+    for t, lf in enumerate(forget):
+        if lf - forget[0] >= target:
+            return t
+    return None
+
+
+def run_setting(
+    setup: DataSetup,
+    split: Any,
+    original: Any,
+    args: argparse.Namespace,
+    *,
+    seed: int,
+    setting: str,
+    rho: float,
+    reference: Any | None,
+) -> tuple[list[dict[str, Any]], dict[str, list[tuple[float, float]]]]:
+    """Every method from the same original weights on one split; one row per method."""
+    feat = original.featurizer
+    xr, yr = split.tensors("retain", feat)
+    xf, yf = split.tensors("forget", feat)
+    xt, yt = split.tensors("test", feat)
+    ref_auc: tuple[float, float, float] | None = None
+    if reference is not None:
+        # The reference has its own featurizer (a text vocabulary fitted on retain only).
+        ref_f, _ = losses_and_accuracy(reference.model, *split.tensors("forget", reference.featurizer))
+        ref_t, _ = losses_and_accuracy(reference.model, *split.tensors("test", reference.featurizer))
+        ref_auc = loss_auc_ci(ref_f, ref_t)
+    rows: list[dict[str, Any]] = []
+    trajectories: dict[str, list[tuple[float, float]]] = {}
+    kappas: list[float] = []
+    for method in args.methods:
+        model = copy.deepcopy(original.model)
+        snap: dict[str, Any] = {}
+        f0 = mean_loss(model, xf, yf)
+
+        def on_step(
+            t: int, lr_: float, lf_: float, snap: dict[str, Any] = snap, m: Any = model, f0: float = f0
+        ) -> bool:
+            if "t" not in snap and lf_ - f0 >= args.target:
+                snap["t"] = t
+                snap["state"] = copy.deepcopy(m.state_dict())
+                return bool(args.stop_at_target)
+            return False
+
+        options = {"constraint_ratio": args.c} if method.startswith("hamu") else {}
+        t0 = time.perf_counter()
+        result, traj = run_method(
+            model,
+            method,
+            [(xr, yr)],
+            [(xf, yf)],
+            (xr, yr, xf, yf),
+            lr=args.lr,
+            steps=args.steps,
+            seed=seed,
+            options=options,
+            on_step=on_step,
+        )
+        seconds = time.perf_counter() - t0
+        if method == "hamu-q":
+            kappas = [float(r.diagnostics.get("kappa", float("nan"))) for r in result.history]
+        reached = "t" in snap
+        if reached:
+            model.load_state_dict(snap["state"])
+        t_star = snap.get("t")
+        _, acc_r = losses_and_accuracy(model, xr, yr)
+        loss_f, acc_f = losses_and_accuracy(model, xf, yf)
+        loss_t, acc_t = losses_and_accuracy(model, xt, yt)
+        row: dict[str, Any] = {
+            "dataset": setup.name,
+            "setting": setting,
+            "rho": rho,
+            "seed": seed,
+            "method": method,
+            "reached": reached,
+            "t_target": t_star if t_star is not None else -1,
+            "dLr_at_target": (traj.retain[t_star] - traj.retain[0]) if t_star is not None else float("nan"),
+            "dLf_final": traj.forget[-1] - traj.forget[0],
+            "dLr_final": traj.retain[-1] - traj.retain[0],
+            "dLf_max": max(traj.forget) - traj.forget[0],
+            "steps_applied": result.steps_applied,
+            "stop_reason": result.stop_reason,
+            "acc_retain": acc_r,
+            "acc_forget": acc_f,
+            "acc_test": acc_t,
+            "seconds": seconds,
+        }
+        if ref_auc is not None:
+            auc = loss_auc_ci(loss_f, loss_t)[0]
+            row.update(
+                auc=auc,
+                auc_ref=ref_auc[0],
+                auc_ref_low=ref_auc[1],
+                auc_ref_high=ref_auc[2],
+                auc_gap=auc - ref_auc[0],
+            )
+        rows.append(row)
+        trajectories[method] = list(zip(traj.retain, traj.forget, strict=True))
+    k0 = kappas[0] if kappas else float("nan")
+    kbar = float(np.mean(kappas)) if kappas else float("nan")
+    for row in rows:
+        row.update(kappa0=k0, kappa_mean=kbar, n_retain=len(yr), n_forget=len(yf))
+    return rows, trajectories
+
+
+def train(setup: DataSetup, data: Any, seed: int) -> Any:
+    return train_model(data, setup.recipe.with_options(seed=seed), progress=False)
+
+
+def run_dataset(setup: DataSetup, args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    train_set, test_set = load(setup)
+    rows: list[dict[str, Any]] = []
+    plots: dict[str, Any] = {}
+    for seed in args.seeds:
+        t0 = time.perf_counter()
+        original = train(setup, train_set, seed)
+        print(
+            f"[{setup.name} seed {seed}] original trained in {time.perf_counter() - t0:.1f}s: "
+            f"train acc {original.metadata['metrics']['train']['accuracy']:.3f}",
+            flush=True,
+        )
+        settings = [("plain", r) for r in args.rhos] + [("near-dup", r) for r in args.nd_rhos]
+        for setting, rho in settings:
+            split = split_rho(
+                train_set,
+                test_set,
+                forget_class=setup.forget_class,
+                rho=rho,
+                seed=seed,
+                size=setup.forget_size,
+            )
+            orig = original
+            if setting == "near-dup":
+                split = add_near_duplicates(split, seed=seed)
+                orig = train(setup, split.train, seed)  # retain ∪ forget grew by the copies
+            reference = None
+            if rho in args.mia_rhos:
+                reference = train_model(
+                    split.retain,
+                    setup.recipe.with_options(seed=seed),
+                    spec=split.spec,
+                    progress=False,
+                )
+            t1 = time.perf_counter()
+            got, traj = run_setting(
+                setup, split, orig, args, seed=seed, setting=setting, rho=rho, reference=reference
+            )
+            rows += got
+            with (OUT / f"{args.tag}tradeoff-partial.jsonl").open("a") as fh:  # survives a killed run
+                fh.writelines(json.dumps(r, default=float) + "\n" for r in got)
+            if seed == args.seeds[0]:
+                plots[f"{setup.name}-{setting}-rho{rho:g}"] = traj
+            hq = next(r for r in got if r["method"] == "hamu-q")
+            print(
+                f"  {setting:<8} ρ={rho:<4g} κ0={hq['kappa0']:+.4f} κ̄={hq['kappa_mean']:+.4f} "
+                f"hamu-q: reached={hq['reached']} ΔL_r@t*={hq['dLr_at_target']:+.4f} "
+                f"({time.perf_counter() - t1:.1f}s)",
+                flush=True,
+            )
+    return rows, plots
+
+
+def hamu_rows(rows: list[dict[str, Any]], ds: str, setting: str) -> list[dict[str, Any]]:
+    return [r for r in rows if r["dataset"] == ds and r["setting"] == setting and r["method"] == "hamu-q"]
+
+
+def spread(values: list[float]) -> str:
+    vals = [v for v in values if v == v]
+    if not vals:
+        return "—"
+    med = statistics.median(vals)
+    if len(vals) == 1:
+        return f"{med:+.3f}"
+    return f"{med:+.3f} [{min(vals):+.3f}, {max(vals):+.3f}]"
+
+
+def summarise(rows: list[dict[str, Any]], args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
+    """Per (dataset, setting, ρ, method): seeds reaching the target and the retain cost with its spread."""
+    from scipy.stats import pearsonr
+
+    out: list[dict[str, Any]] = []
+    verdicts: dict[str, Any] = {"settings": [], "pearson": {}}
+    keys = sorted({(r["dataset"], r["setting"], r["rho"]) for r in rows}, key=lambda k: (k[0], k[1], k[2]))
+    for ds, setting, rho in keys:
+        group = [r for r in rows if (r["dataset"], r["setting"], r["rho"]) == (ds, setting, rho)]
+        meds: dict[str, float] = {}
+        ranges: dict[str, tuple[float, float]] = {}
+        for method in args.methods:
+            mrows = [r for r in group if r["method"] == method]
+            costs = [r["dLr_at_target"] for r in mrows if r["reached"]]
+            n_seeds = len(mrows)
+            if len(costs) == n_seeds and costs:
+                meds[method] = statistics.median(costs)
+                ranges[method] = (min(costs), max(costs))
+            gaps = [r["auc_gap"] for r in mrows if "auc_gap" in r]
+            out.append(
+                {
+                    "dataset": ds,
+                    "setting": setting,
+                    "rho": f"{rho:g}",
+                    "method": method,
+                    "reached": f"{len(costs)}/{n_seeds}",
+                    "ΔL_r@target med [min,max]": spread(costs),
+                    "ΔL_f max": spread([r["dLf_max"] for r in mrows]),
+                    "κ0": statistics.median(r["kappa0"] for r in mrows),
+                    "κ̄": statistics.median(r["kappa_mean"] for r in mrows),
+                    "acc r/f/t": "/".join(
+                        f"{statistics.median(r[k] for r in mrows):.3f}"
+                        for k in ("acc_retain", "acc_forget", "acc_test")
+                    ),
+                    "AUC gap": spread(gaps) if gaps else "",
+                }
+            )
+        hq = meds.get("hamu-q")
+        others = {m: v for m, v in meds.items() if m != "hamu-q"}
+        best_other = min(others, key=lambda m: others[m]) if others else None
+        if hq is None:
+            verdict = "hamu-q missed the target in some seed"
+        elif best_other is None or hq <= others[best_other]:
+            verdict = "hamu-q lowest"
+        elif ranges["hamu-q"][0] <= ranges[best_other][1]:
+            verdict = f"tie within spread with {best_other}"
+        else:
+            verdict = f"{best_other} lower"
+        verdicts["settings"].append(
+            {
+                "dataset": ds,
+                "setting": setting,
+                "rho": rho,
+                "verdict": verdict,
+                "hamu_q": hq,
+                "best_other": best_other,
+                "best_other_cost": others.get(best_other) if best_other else None,
+            }
+        )
+    text = table(out, list(out[0].keys()) if out else [])
+    vtab = table(
+        [
+            {
+                "dataset": v["dataset"],
+                "setting": v["setting"],
+                "rho": f"{v['rho']:g}",
+                "hamu-q ΔL_r@target": v["hamu_q"] if v["hamu_q"] is not None else "—",
+                "best baseline": v["best_other"] or "none reached",
+                "its ΔL_r@target": v["best_other_cost"] if v["best_other_cost"] is not None else "—",
+                "verdict": v["verdict"],
+            }
+            for v in verdicts["settings"]
+        ],
+        ["dataset", "setting", "rho", "hamu-q ΔL_r@target", "best baseline", "its ΔL_r@target", "verdict"],
+        ".4f",
+    )
+    ptxt = []
+    for ds in sorted({r["dataset"] for r in rows}):
+        plain = [
+            r for r in rows if r["dataset"] == ds and r["setting"] == "plain" and r["method"] == "hamu-q"
+        ]
+        rhos = sorted({r["rho"] for r in plain})
+        if len(rhos) < 3:
+            continue
+        kbar = [float(np.mean([r["kappa_mean"] for r in plain if r["rho"] == rho])) for rho in rhos]
+        k0 = [float(np.mean([r["kappa0"] for r in plain if r["rho"] == rho])) for rho in rhos]
+        pr, pp = pearsonr(rhos, kbar)
+        p0, _ = pearsonr(rhos, k0)
+        pall, _ = pearsonr([r["rho"] for r in plain], [r["kappa_mean"] for r in plain])
+        verdicts["pearson"][ds] = {"rho_kbar": pr, "p": pp, "rho_kappa0": p0, "all_points": pall}
+        ptxt.append(
+            f"{ds}: Pearson(ρ, κ̄ seed-mean) = {pr:.3f} (p={pp:.3g}); Pearson(ρ, κ0) = {p0:.3f}; "
+            f"over all (ρ, seed) points = {pall:.3f}; κ̄ by ρ = "
+            + ", ".join(f"{rho:g}:{k:+.4f}" for rho, k in zip(rhos, kbar, strict=True))
+        )
+    return text + "\n\n" + vtab + "\n\n" + "\n".join(ptxt), verdicts
+
+
+def plot(plots: dict[str, Any], target: float, prefix: str) -> list[Path]:
+    """Trade-off trajectories of the first seed (runs cut at 3× the target so GA's run-away stays on scale),
+    plus κ̄ against ρ."""
+    from hamu.evaluation import plot_tradeoff
+
+    paths = []
+    for key, traj in plots.items():
+        cut = {}
+        for m, pairs in traj.items():
+            f0 = pairs[0][1]
+            keep = [p for p in pairs if p[1] - f0 <= 3 * target] or pairs[:1]
+            cut[m] = keep
+        paths.append(
+            plot_tradeoff(
+                cut,
+                OUT / f"{prefix}tradeoff-{key}.png",
+                title=f"{key}: seed 0, target {target}",
+            )
+        )
+    return paths
+
+
+def plot_kappa(rows: list[dict[str, Any]], path: Path) -> Path:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 4), layout="constrained")
+    ax = fig.subplots()
+    for ds in sorted({r["dataset"] for r in rows}):
+        plain = [
+            r for r in rows if r["dataset"] == ds and r["setting"] == "plain" and r["method"] == "hamu-q"
+        ]
+        rhos = sorted({r["rho"] for r in plain})
+        kbar = [float(np.mean([r["kappa_mean"] for r in plain if r["rho"] == rho])) for rho in rhos]
+        ax.plot(rhos, kbar, marker="o", label=f"{ds} κ̄ (HAMU-Q run)")
+        nd = [
+            r for r in rows if r["dataset"] == ds and r["setting"] == "near-dup" and r["method"] == "hamu-q"
+        ]
+        if nd:
+            nrhos = sorted({r["rho"] for r in nd})
+            ax.plot(
+                nrhos,
+                [float(np.mean([r["kappa_mean"] for r in nd if r["rho"] == rho])) for rho in nrhos],
+                marker="x",
+                linestyle="none",
+                markersize=9,
+                label=f"{ds} near-duplicates",
+            )
+    ax.set(xlabel="ρ (share of forget rows drawn from other classes)", ylabel="mean κ = g_r·g_f")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    fig.savefig(path, dpi=90)
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="digits only, ≤ 5 min on 2 cores")
+    parser.add_argument("--datasets", default="digits,fashion-mnist,tweets")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--rhos", default=",".join(f"{r:g}" for r in RHOS))
+    parser.add_argument("--nd-rhos", default="0.5", help="ρ values also run with near-duplicates in retain")
+    parser.add_argument("--mia-rhos", default="0.5", help="ρ with a retrained reference (AUC gap)")
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--lr", type=float, default=0.01)
+    parser.add_argument("--c", type=float, default=0.1, help="HAMU constraint ratio c = B/η")
+    parser.add_argument("--target", type=float, default=0.5, help="ΔL_f that counts as forgotten")
+    parser.add_argument("--stop-at-target", action="store_true", help="end each run at the target (faster)")
+    parser.add_argument("--train-size", type=int, default=0, help="override the training subset (0: setup's)")
+    parser.add_argument("--test-size", type=int, default=0, help="override the test subset (0: setup's)")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--tag", default="", help="prefix of the output files")
+    args = parser.parse_args()
+    if args.quick:
+        args.datasets, args.steps, args.tag = "digits", min(args.steps, 150), args.tag or "quick-"
+    set_threads(args.threads)
+    args.seeds = [int(s) for s in args.seeds.split(",")]
+    args.rhos = [float(r) for r in args.rhos.split(",")]
+    args.nd_rhos = [float(r) for r in args.nd_rhos.split(",")] if args.nd_rhos else []
+    args.mia_rhos = [float(r) for r in args.mia_rhos.split(",")] if args.mia_rhos else []
+    args.methods = args.methods.split(",")
+    print(machine_line())
+    print(
+        f"datasets {args.datasets}; seeds {args.seeds}; ρ {args.rhos}; near-dup ρ {args.nd_rhos}; "
+        f"T={args.steps}, "
+        f"η={args.lr}, c={args.c}, target ΔL_f ≥ {args.target}, full-batch g_r and g_f clipped to 1\n",
+        flush=True,
+    )
+    start = time.perf_counter()
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / f"{args.tag}tradeoff-partial.jsonl").unlink(missing_ok=True)
+    rows: list[dict[str, Any]] = []
+    plots: dict[str, Any] = {}
+    for name in args.datasets.split(","):
+        setup = SETUPS[name]
+        if args.train_size:
+            setup = replace(setup, train_size=args.train_size)
+        if args.test_size:
+            setup = replace(setup, test_size=args.test_size)
+        got, pl = run_dataset(setup, args)
+        rows += got
+        plots.update(pl)
+    elapsed = time.perf_counter() - start
+    OUT.mkdir(parents=True, exist_ok=True)
+    with (OUT / f"{args.tag}tradeoff.csv").open("w", newline="") as fh:
+        fields = sorted({k for r in rows for k in r})
+        writer = csv.DictWriter(fh, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    text, verdicts = summarise(rows, args)
+    paths = plot(plots, args.target, args.tag)
+    paths.append(plot_kappa(rows, OUT / f"{args.tag}kappa-vs-rho.png"))
+    write_json(
+        f"{args.tag}tradeoff.json",
+        {
+            "machine": machine(),
+            "args": {k: v for k, v in vars(args).items()},
+            "elapsed_s": elapsed,
+            "verdicts": verdicts,
+            "rows": rows,
+        },
+    )
+    print("\n" + text)
+    print(f"\nplots: {', '.join(str(p) for p in paths)}")
+    print(f"elapsed {elapsed:.0f}s")
+
+
+if __name__ == "__main__":
+    main()
