@@ -36,6 +36,7 @@ def test_deploy_and_run_through_a_worker(tmp_path: Path) -> None:
         "HAMU_HOME": str(tmp_path / "hamu"),
         "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'hamu' / 'mlflow.db'}",
         "HAMU_PROJECT_DIR": str(REPO),
+        "COLUMNS": "250",  # rich tables would otherwise truncate names and states
     }
     server = subprocess.Popen(
         [
@@ -85,7 +86,7 @@ def test_deploy_and_run_through_a_worker(tmp_path: Path) -> None:
         worker = run("worker", "start", "--pool", "gpu", "--run-once", timeout=400)
         assert worker.returncode == 0, worker.stdout[-2000:] + worker.stderr[-2000:]
         listed = run("flow-run", "ls", "--state", "COMPLETED")
-        assert "train-reference" in listed.stdout or "COMPLETED" in listed.stdout, listed.stdout
+        assert "train-reference" in listed.stdout and "COMPLETED" in listed.stdout, listed.stdout
         assert (tmp_path / "hamu" / "models" / "digits-cpu" / "original.safetensors").exists()
     finally:
         server.terminate()
