@@ -9,7 +9,9 @@ of the best feasible step, and whether retain degradation is unavoidable. A pipe
 
 from __future__ import annotations
 
+import itertools
 import math
+import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -43,6 +45,7 @@ class HardnessReport:
     predicted_retain_change: float
     predicted_forget_change: float
     kappa_per_tensor: dict[str, float]
+    seconds_per_batch: float = 0.0
 
     @property
     def feasible(self) -> bool:
@@ -105,8 +108,10 @@ def assess_hardness(
     retain_it, forget_it = _cycle(retain, "retain"), _cycle(forget, "forget")
     rows: list[torch.Tensor] = []
     per_tensor = torch.zeros(runner.layout.num_segments, device=runner.device)
+    stamps: list[float] = []
     with _FrozenBatchNorm(runner.model, True):
         for _ in range(batches):
+            stamps.append(time.perf_counter())
             g_r = runner.objective_gradient("task", [next(retain_it)])
             g_f = runner.objective_gradient("task", [next(forget_it)])
             out = transform(g_r.flat, g_f.flat, runner.layout, lr=lr)
@@ -129,6 +134,11 @@ def assess_hardness(
             )
             per_tensor += out.kappa
     stats = torch.stack(rows).double()
+    stamps.append(time.perf_counter())
+    # Wall time of one paired gradient evaluation; the first batch pays warm-up costs, so it is left out
+    # whenever there is more than one.
+    spans = [b - a for a, b in itertools.pairwise(stamps)]
+    seconds_per_batch = sum(spans[1:]) / (len(spans) - 1) if len(spans) > 1 else spans[0]
     mean = stats.mean(dim=0).tolist()
     kappa_std = float(stats[:, 0].std(unbiased=False))
     kappa, k1, k2, rn, fn, feas, degr, d_ret, d_for = mean
@@ -153,4 +163,5 @@ def assess_hardness(
         predicted_retain_change=d_ret,
         predicted_forget_change=d_for,
         kappa_per_tensor=dict(zip(runner.names, (per_tensor / batches).tolist(), strict=True)),
+        seconds_per_batch=seconds_per_batch,
     )

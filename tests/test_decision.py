@@ -68,3 +68,8 @@ def test_bad_policy_and_cost(report: HardnessReport) -> None:
         decide(report, policy="maybe")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="unlearn_seconds"):
         CostEstimate(-1.0, 1.0)
+
+
+def test_report_times_paired_batches(report: HardnessReport) -> None:
+    assert report.seconds_per_batch > 0
+    assert report.to_dict()["seconds_per_batch"] == report.seconds_per_batch
