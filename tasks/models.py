@@ -14,10 +14,10 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from torch import nn
 
-from hamu.data import Split, dataset_digest, load_train_test, record_ids, subset
+from hamu.data import Split, record_ids
 from hamu.data.tensors import Featurizer
 from hamu.models import load_checkpoint
-from hamu.train import TrainedModel, get_preset, train_model
+from hamu.train import TrainedModel, get_preset, preset_data, train_model
 from hamu.train.trainer import featurizer_from_metadata
 from tasks.env import StatePaths
 from tasks.tracking import alias_version, download_checkpoint, log_model_version, set_alias
@@ -47,12 +47,7 @@ class ServedModel:
 
 
 def load_preset_data(preset: str) -> PresetData:
-    p = get_preset(preset)
-    train, test = load_train_test(p.dataset)
-    if p.train_size is not None:
-        train = subset(train, p.train_size, seed=0)
-    if p.test_size is not None:
-        test = subset(test, p.test_size, seed=0)
+    train, test = preset_data(preset)
     return PresetData(preset=preset, train=train, test=test)
 
 
@@ -141,7 +136,3 @@ def _single_file_dir(path: Path) -> Path:
 
 def _flat(d: dict[str, Any]) -> dict[str, Any]:
     return {k: (str(v) if isinstance(v, dict | list) else v) for k, v in d.items()}
-
-
-def digest_of(ds: Any) -> str:
-    return dataset_digest(ds)

@@ -327,13 +327,10 @@ def train_pair(split: Split, recipe: Recipe, *, progress: bool = True, evaluate:
     return TrainedPair(original=original, reference=reference, split=split)
 
 
-def preset_split(preset: str | Preset, **overrides: Any) -> Split:
-    """The split a preset trains on: its dataset, its seeded (stratified) subsets, its default split.
-
-    ``overrides`` replace split options (e.g. ``rho=1.0``, or ``strategy="ids", forget_ids=[...]``).
-    """
+def preset_data(preset: str | Preset) -> tuple[Any, Any]:
+    """A preset's training and test sets: its dataset cut to its seeded (stratified) subset sizes."""
     from hamu.data.sources import load_train_test
-    from hamu.data.splits import make_split, subset
+    from hamu.data.splits import subset
 
     p = get_preset(preset) if isinstance(preset, str) else preset
     train, test = load_train_test(p.dataset)
@@ -341,6 +338,18 @@ def preset_split(preset: str | Preset, **overrides: Any) -> Split:
         train = subset(train, p.train_size, seed=0)
     if p.test_size is not None:
         test = subset(test, p.test_size, seed=0)
+    return train, test
+
+
+def preset_split(preset: str | Preset, **overrides: Any) -> Split:
+    """The split a preset trains on: :func:`preset_data` and the preset's default split.
+
+    ``overrides`` replace split options (e.g. ``rho=1.0``, or ``strategy="ids", forget_ids=[...]``).
+    """
+    from hamu.data.splits import make_split
+
+    p = get_preset(preset) if isinstance(preset, str) else preset
+    train, test = preset_data(p)
     options = {**dict(p.split), **overrides}
     strategy = str(options.pop("strategy"))
     return make_split(strategy, train, test, **options)
