@@ -112,7 +112,7 @@ def batch_run(
 
 
 def _print_summary(summary: dict[str, Any]) -> None:
-    if summary.get("status") == "empty":
+    if summary.get("status") in ("empty", "busy"):
         console.print(f"batch {summary['batch_id']}: {summary['message']}")
         return
     table = Table(title=f"batch {summary['batch_id']}", show_header=False)
@@ -127,8 +127,12 @@ def _print_summary(summary: dict[str, Any]) -> None:
         "gates_passed",
         "model_name",
         "model_version",
+        "carried_over",
+        "drift",
         "mlflow_run_id",
         "report_path",
+        "report_md",
+        "report_uri",
     ):
         if key in summary:
             table.add_row(key, str(summary[key]))

@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, field_validator
 
+from hamu.drift import DriftBudget
 from hamu.methods import METHODS
 
 
@@ -29,6 +30,16 @@ class BatchConfig(BaseModel):
     shadow_models: int = Field(2, ge=0, le=64, description="LiRA reference models (0 turns LiRA off)")
     max_requests: int | None = Field(None, ge=1)
     seed: int = 0
+    utility_budget: float = Field(0.02, ge=0, description="promotion gate: test-accuracy drop allowed")
+    drift_utility_budget: float = Field(0.03, ge=0, description="cumulative test-accuracy deficit allowed")
+    drift_mia_budget: float = Field(0.15, ge=0, description="cumulative Σ|AUC gap| allowed")
+    drift_max_batches: int = Field(20, ge=1, description="unlearning batches between exact retrains")
+    drift_action: Literal["recommend", "retrain"] = Field(
+        "recommend", description="over budget: recommend a full retrain, or retrain exactly in the next batch"
+    )
+
+    def drift_budget(self) -> DriftBudget:
+        return DriftBudget(self.drift_utility_budget, self.drift_mia_budget, self.drift_max_batches)
 
     @field_validator("method")
     @classmethod

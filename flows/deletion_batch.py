@@ -23,18 +23,29 @@ from prefect_dask import DaskTaskRunner
 from flows.config import BatchConfig
 from hamu.audit import KeyedHasher, load_or_create_key, sha256_json
 from hamu.data import split_by_ids
+from hamu.drift import advance, batch_gaps, breaches
 from hamu.evaluation import MissingReferenceError, ReferenceSpec, ReferenceStats
 from hamu.models.checkpoint import tensors_digest as _tensors_digest
-from hamu.requests import RequestQueue
+from hamu.promotion import promotion_gates
+from hamu.requests import RequestQueue, Status
 from tasks.audit import BatchAudit
+from tasks.batch_report import write_batch_report
 from tasks.env import configure_environment
 from tasks.evaluation import evaluate, make_plots, shadow_specs, train_shadow
 from tasks.faults import maybe_fault
 from tasks.hardness import assess, gate
 from tasks.intake import claim_batch, close_requests, record_verdicts
-from tasks.locks import BatchLock, release_dead_claims
+from tasks.lineage import drift_of, plan_batch
+from tasks.locks import BatchLock
 from tasks.models import ensure_champion, load_preset_data, retrained_reference
-from tasks.registration import log_dataset_digests, log_report_metrics, register_candidate
+from tasks.recovery import recover_dead_batches
+from tasks.registration import (
+    complete_candidate,
+    log_dataset_digests,
+    log_report_metrics,
+    refresh_model_card,
+    register_candidate,
+)
 from tasks.reporting import publish
 from tasks.tracking import ensure_experiment
 from tasks.unlearning import run_unlearning
@@ -77,17 +88,21 @@ def deletion_batch(config: BatchConfig | None = None, batch_id: str | None = Non
     audit = BatchAudit(paths.audit, hasher, batch_id)
     summary: dict[str, Any] = {"batch_id": batch_id, "model_name": name}
     try:
-        released = release_dead_claims(queue, paths.work)
-        if released:
-            audit.record("release-dead-claims", decision="released", params=released)
         with _timed(timings, "setup"):
             ensure_experiment(paths)
+            recovered = recover_dead_batches(queue, paths.work, paths.audit, hasher, name, batch_id)
+            if recovered:
+                summary["recovered"] = {
+                    "released": recovered.released,
+                    "abandoned_versions": recovered.abandoned_versions,
+                    "deleted_work_areas": recovered.deleted_work_areas,
+                }
             data = load_preset_data(cfg.preset)
             champion = ensure_champion(paths, data, name)
         with _timed(timings, "claim"):
             claimed = claim_batch(queue, batch_id, cfg.max_requests)
         if not claimed:
-            summary.update(status="empty", requests=0, message="no pending requests to handle")
+            summary.update(requests=0, **_nothing_claimed(queue, batch_id))
             return summary
         summary["requests"] = len(claimed)
         maybe_fault("claim")
@@ -123,6 +138,7 @@ def _run_claimed(
     with mlflow.start_run(run_name=f"batch-{batch_id}") as run:
         audit.mlflow_run_id = run.info.run_id
         out["mlflow_run_id"] = run.info.run_id
+        out["prefect_flow_run_id"] = flow_run_id
         mlflow.set_tags(
             {"batch_id": batch_id, "prefect_flow_run_id": flow_run_id, "source_version": champion.version}
         )
@@ -157,28 +173,58 @@ def _run_claimed(
         accepted = outcome.accepted()
         accepted_requests = [str(x) for x in accepted["request_id"]]
         if accepted.empty:
-            close_requests(queue, batch_id, [], "")
+            out.update(action="none", reason="no request was accepted")
+            out.update(
+                write_batch_report(
+                    audit,
+                    summary={**summary, **out, "source_version": champion.version},
+                    verdict_rows=verdict_rows,
+                    hardness={},
+                    decision={},
+                    evaluation=None,
+                    gates=[],
+                    drift={},
+                    plots={},
+                    folder=paths.work_dir(batch_id) / "report",
+                )
+            )
             audit.issue_receipts(verdict_rows, model_name=name_of(champion), model_version="", evidence={})
-            out.update(action="none", reason="no request was accepted", status="rejected")
+            close_requests(queue, batch_id, [], "")
+            audit.delete_work_area(paths.work_dir(batch_id))
+            audit.record("completed", decision="rejected", reason="no request was accepted")
+            out["status"] = "rejected"
             return out
 
         with _timed(timings, "split"):
+            accepted_records = [str(x) for x in accepted["record_id"]]
+            plan = plan_batch(data.manifest_ids, accepted_records, erased_before, champion, hasher)
             train_now = data.train
-            if erased_before:
-                train_now = train_now.filter(lambda r: r["record_id"] not in erased_before)
-            split = split_by_ids(train_now, data.test, [str(x) for x in accepted["record_id"]])
+            if plan.absent:
+                train_now = train_now.filter(lambda r: r["record_id"] not in plan.absent)
+            split = split_by_ids(train_now, data.test, list(plan.forget))
             feat = champion.featurizer
             retain, forget, test = (split.tensors(p, feat) for p in ("retain", "forget", "test"))
+        out["carried_over"] = len(plan.carried_over)
         digests = {"retain": split.retain_digest, "forget": split.forget_digest, "test": split.test_digest}
         log_dataset_digests(digests, split.spec.name, split.sizes())
         mlflow.log_params({f"size_{k}": v for k, v in split.sizes().items()})
         audit.record(
-            "split", params={"sizes": split.sizes(), "previously_erased": len(erased_before)}, inputs=digests
+            "split",
+            params={
+                "sizes": split.sizes(),
+                "previously_erased": len(erased_before),
+                "absent_from_source": len(plan.absent),
+                "carried_over": len(plan.carried_over),
+            },
+            inputs={**digests, "source_erasures": plan.manifest_after.digest()},
         )
+        maybe_fault("split")
 
+        source_drift = drift_of(champion)
+        budget = cfg.drift_budget()
         with _timed(timings, "hardness"):
             report, per_step = assess(champion, retain, forget, cfg)
-            decision = gate(report, per_step, champion, len(retain[1]), cfg)
+            decision = gate(report, per_step, champion, len(retain[1]), cfg, breaches(source_drift, budget))
         out.update(
             action=decision.action,
             reason=decision.reason,
@@ -265,10 +311,30 @@ def _run_claimed(
         log_report_metrics(report_dict)
         passed = evaluation.report.passed("unlearned")
         out.update(evidence=evaluation.report.evidence_level, gates_passed=passed)
+        deficit, auc_gap = batch_gaps(report_dict)
+        drift_state = advance(
+            source_drift, exact=decision.action == "retrain", utility_deficit=deficit, auc_gap=auc_gap
+        )
+        over = breaches(drift_state, budget)
+        drift = {
+            "state": drift_state.to_dict(),
+            "budget": {"utility": budget.utility, "mia": budget.mia, "max_batches": budget.max_batches},
+            "breaches": over,
+            "recommendation": (
+                ("the next batch retrains exactly" if cfg.drift_action == "retrain" else "retrain fully")
+                + " (cumulative drift over budget)"
+                if over
+                else ""
+            ),
+        }
+        out["drift"] = drift
+        mlflow.log_metrics({f"drift.{k}": float(v) for k, v in drift_state.to_dict().items()})
+        gates = [g.to_dict() for g in promotion_gates(report_dict, utility_budget=cfg.utility_budget)]
         audit.record(
             "evaluate",
             decision="pass" if passed else "fail",
             reason=f"evidence {evaluation.report.evidence_level}",
+            params={"drift": drift, "gates": gates},
             artifacts={"evaluation": ("evaluation.json", report_path.read_bytes())},
         )
         out["report_path"] = str(paths.audit / "batches" / batch_id / "evaluation.json")
@@ -290,7 +356,7 @@ def _run_claimed(
                 metadata=metadata,
                 example=test[0][:2],
                 report_path=report_path,
-                plots=plots,
+                manifest=plan.manifest_after,
                 tags={
                     "batch_id": batch_id,
                     "prefect_flow_run_id": flow_run_id,
@@ -299,17 +365,41 @@ def _run_claimed(
                     "action": decision.action,
                     "gates_passed": str(passed),
                     "evidence": evaluation.report.evidence_level,
+                    "erased_in_batch": str(len(accepted_requests)),
+                    "carried_over": str(len(plan.carried_over)),
+                    "retrain_recommended": "; ".join(over)[:500],
+                    **drift_state.to_tags(),
                 },
             )
-        out["model_version"] = str(version.version)
+        model_version = str(version.version)
+        out["model_version"] = model_version
         audit.record(
             "register",
-            decision="candidate",
-            outputs={"model_version": version.version, "weights": tensors_digest(model)},
+            decision="registered",
+            params={"erased_records": len(plan.manifest_after), "carried_over": len(plan.carried_over)},
+            outputs={
+                "model_version": model_version,
+                "weights": tensors_digest(model),
+                "erasures": plan.manifest_after.digest(),
+            },
         )
         maybe_fault("register")
 
-        close_requests(queue, batch_id, accepted_requests, str(version.version))
+        out.update(
+            write_batch_report(
+                audit,
+                summary={**summary, **out, "source_version": champion.version},
+                verdict_rows=verdict_rows,
+                hardness=report.to_dict(),
+                decision=decision.to_dict(),
+                evaluation=report_dict,
+                gates=gates,
+                drift=drift,
+                plots=plots,
+                folder=work / "report",
+            )
+        )
+        maybe_fault("report")
         evidence = {
             "model_passed_bands": passed,
             "evidence_strength": evaluation.report.evidence_level,
@@ -317,11 +407,33 @@ def _run_claimed(
             "promotion": "candidate (champion moves only through `hamu promote`)",
         }
         audit.issue_receipts(
-            verdict_rows, model_name=champion.name, model_version=str(version.version), evidence=evidence
+            verdict_rows, model_name=champion.name, model_version=model_version, evidence=evidence
         )
+        maybe_fault("receipts")
+        close_requests(queue, batch_id, accepted_requests, model_version)
+        complete_candidate(champion.name, model_version)
+        maybe_fault("close")
+        refresh_model_card(champion.name)
         audit.delete_work_area(paths.work_dir(batch_id))
+        audit.record("completed", decision="candidate", outputs={"model_version": model_version})
         out["status"] = "completed"
     return out
+
+
+def _nothing_claimed(queue: RequestQueue, batch_id: str) -> dict[str, str]:
+    """Why a run claimed nothing: an empty queue, or another running batch holds the pending work."""
+    held: dict[str, int] = {}
+    for r in queue.list(Status.CLAIMED):
+        if r.batch_id and r.batch_id != batch_id:
+            held[r.batch_id] = held.get(r.batch_id, 0) + 1
+    if not held:
+        return {"status": "empty", "message": "no pending requests to handle"}
+    owners = ", ".join(f"{b} ({n})" for b, n in sorted(held.items()))
+    return {
+        "status": "busy",
+        "message": f"nothing left to claim: {sum(held.values())} request(s) are being handled by running "
+        f"batch {owners}; this run handles none of them (no request is handled twice)",
+    }
 
 
 def tensors_digest(model: Any) -> str:

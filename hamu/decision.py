@@ -16,6 +16,7 @@ ahead; cost still picks the cheaper exact retrain.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -60,13 +61,24 @@ class Decision:
 
 
 def decide(
-    hardness: HardnessReport, cost: CostEstimate | None = None, *, policy: GatePolicy = "stop"
+    hardness: HardnessReport,
+    cost: CostEstimate | None = None,
+    *,
+    policy: GatePolicy = "stop",
+    force_retrain: Sequence[str] = (),
+    advisories: Sequence[str] = (),
 ) -> Decision:
-    """Apply the gate; ``cost=None`` skips the cost comparison (recorded in the reason)."""
+    """Apply the gate; ``cost=None`` skips the cost comparison (recorded in the reason).
+
+    ``force_retrain`` are reasons that demand an exact retrain whatever the geometry says (e.g. the
+    lineage's cumulative drift is over budget); ``advisories`` are carried into the warnings.
+    """
     if policy not in ("stop", "warn"):
         raise ValueError(f"unknown gate policy {policy!r}; accepted: stop, warn")
     verdict = hardness.verdict
-    warnings: list[str] = []
+    warnings: list[str] = list(advisories)
+    if force_retrain:
+        return Decision("retrain", "; ".join(force_retrain), verdict, tuple(warnings), cost)
     geometry_says_retrain = verdict in ("infeasible", "degradation-unavoidable")
     if geometry_says_retrain:
         why = (

@@ -3,8 +3,9 @@ and delete the batch's working area with a record of the deletion."""
 
 from __future__ import annotations
 
+import re
 import shutil
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,26 @@ from typing import Any
 from prefect.context import get_run_context
 
 from hamu.audit import ErasureReceipt, KeyedHasher, Ledger, LedgerRecord, ReceiptStore, file_sha256
+
+_TOKEN = re.compile(r"[^\s'\"`,;()]+")
+
+
+def redact_ids(text: str, raw_ids: Iterable[str], hasher: KeyedHasher) -> str:
+    """Replace every raw request or record ID in ``text`` by the first 16 hex digits of its keyed hash.
+
+    Validation reasons quote IDs ("record also requested by earlier request r-17", "record_id 'x' does not
+    match"); receipts and reports must carry only keyed hashes. Tokens are looked up in a set, so the cost
+    is linear in the text, not in the number of IDs.
+    """
+    wanted = {i for i in raw_ids if i}
+    for odd in (i for i in wanted if _TOKEN.fullmatch(i) is None):  # IDs with separators: rare, malformed
+        text = text.replace(odd, f"<{hasher.hash(odd).split(':', 1)[-1][:16]}>")
+
+    def swap(match: re.Match[str]) -> str:
+        token = match.group(0)
+        return f"<{hasher.hash(token).split(':', 1)[-1][:16]}>" if token in wanted else token
+
+    return _TOKEN.sub(swap, text)
 
 
 def prefect_refs() -> dict[str, str]:
@@ -82,13 +103,14 @@ class BatchAudit:
         """One receipt per request (keyed hashes only); accepted requests name the model version."""
         now = datetime.now(UTC).isoformat()
         refs = {}
+        raw = {i for row in verdicts for i in row[:2]}
         for request_id, record_id, verdict, reason in verdicts:
             accepted = verdict == "accepted"
             receipt = ErasureReceipt(
                 request_hash=self.hasher.hash(request_id),
                 record_hash=self.hasher.hash(record_id),
                 verdict=verdict,
-                reason=reason,
+                reason=redact_ids(reason, raw, self.hasher),
                 batch_id=self.batch_id,
                 issued_at=now,
                 model_name=model_name if accepted else "",

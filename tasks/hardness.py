@@ -41,12 +41,21 @@ def assess(
 
 @task(name="gate", cache_policy=NO_CACHE)
 def gate(
-    report: HardnessReport, seconds_per_step: float, champion: ServedModel, retain_rows: int, config: Any
+    report: HardnessReport,
+    seconds_per_step: float,
+    champion: ServedModel,
+    retain_rows: int,
+    config: Any,
+    drift_breaches: list[str],
 ) -> Decision:
-    """Retrain cost: the champion's recorded training time, scaled to the retain set's size."""
+    """Retrain cost: the champion's recorded training time, scaled to the retain set's size. A source
+    whose lineage is over its drift budget is retrained exactly when ``drift_action`` is ``retrain``."""
     cost = None
     if config.cost_aware:
         trained_rows = max(int(champion.metadata.get("data_size", retain_rows)), 1)
         retrain = float(champion.metadata.get("train_seconds", 0.0)) * retain_rows / trained_rows
         cost = CostEstimate(unlearn_seconds=seconds_per_step * config.max_steps, retrain_seconds=retrain)
-    return decide(report, cost, policy=config.gate_policy)
+    drift = [f"drift budget of the source version {champion.version}: {b}" for b in drift_breaches]
+    forced = drift if config.drift_action == "retrain" else []
+    advisories = [] if forced else [f"{d}; a full retrain is recommended" for d in drift]
+    return decide(report, cost, policy=config.gate_policy, force_retrain=forced, advisories=advisories)

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
 import tempfile
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +48,7 @@ class ServedModel:
     metadata: dict[str, Any]
     featurizer: Featurizer
     checkpoint: Path
+    tags: dict[str, str] = field(default_factory=dict)
 
 
 def load_preset_data(preset: str) -> PresetData:
@@ -55,32 +60,49 @@ def _example(featurizer: Featurizer, ds: Any) -> torch.Tensor:
     return featurizer.encode(ds.select(range(min(2, len(ds)))))
 
 
+@contextmanager
+def _exclusive(path: Path) -> Iterator[None]:
+    """A blocking ``flock``: concurrent first runs must not both train and register an original."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
 @task(name="ensure-champion", cache_policy=NO_CACHE)
 def ensure_champion(paths: StatePaths, data: PresetData, name: str, *, progress: bool = False) -> ServedModel:
     """Return the registry's ``champion``; on a fresh store, train the preset's original and register it."""
-    version = alias_version(name, "champion")
-    if version is None:
-        recipe = get_preset(data.preset).recipe
-        trained = train_model(data.train, recipe, role="original", progress=progress)
-        ckpt_dir = paths.models / data.preset
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
-        path = trained.save(ckpt_dir / "original.safetensors")
-        with mlflow.start_run(run_name=f"train-original-{data.preset}"):
-            mlflow.log_params({"preset": data.preset, "role": "original", **_flat(recipe.to_dict())})
-            mlflow.log_metric("train_seconds", float(trained.metadata["train_seconds"]))
-            version = log_model_version(
-                trained.model,
-                name=name,
-                example=_example(trained.featurizer, data.train),
-                checkpoint_dir=_single_file_dir(path),
-                tags={
-                    "role": "original",
-                    "preset": data.preset,
-                    "data_digest": trained.metadata["data_digest"],
-                },
-            )
-        set_alias(name, "champion", version.version)
-    return load_version(name, version.version)
+    with _exclusive(paths.home / f"champion-{name}.lock"):
+        version = alias_version(name, "champion") or _register_original(paths, data, name, progress)
+    return load_version(name, str(version.version))
+
+
+def _register_original(paths: StatePaths, data: PresetData, name: str, progress: bool) -> Any:
+    """Train the preset's original on the full manifest and register it as champion."""
+    recipe = get_preset(data.preset).recipe
+    trained = train_model(data.train, recipe, role="original", progress=progress)
+    ckpt_dir = paths.models / data.preset
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    path = trained.save(ckpt_dir / "original.safetensors")
+    with mlflow.start_run(run_name=f"train-original-{data.preset}"):
+        mlflow.log_params({"preset": data.preset, "role": "original", **_flat(recipe.to_dict())})
+        mlflow.log_metric("train_seconds", float(trained.metadata["train_seconds"]))
+        version = log_model_version(
+            trained.model,
+            name=name,
+            example=_example(trained.featurizer, data.train),
+            checkpoint_dir=_single_file_dir(path),
+            tags={
+                "role": "original",
+                "preset": data.preset,
+                "data_digest": trained.metadata["data_digest"],
+            },
+        )
+    set_alias(name, "champion", version.version)
+    return version
 
 
 def load_version(name: str, version: str) -> ServedModel:
@@ -92,7 +114,8 @@ def load_version(name: str, version: str) -> ServedModel:
     if len(files) != 1:
         raise FileNotFoundError(f"model version {name}/{version} has no single safetensors checkpoint")
     model, metadata = load_checkpoint(files[0])
-    return ServedModel(name, version, model, metadata, featurizer_from_metadata(metadata), files[0])
+    featurizer = featurizer_from_metadata(metadata)
+    return ServedModel(name, str(version), model, metadata, featurizer, files[0], dict(mv.tags or {}))
 
 
 @task(name="retrained-reference", cache_policy=NO_CACHE)

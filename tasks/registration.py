@@ -1,14 +1,23 @@
-"""Register the batch's model in MLflow as ``candidate``, with lineage: digests of the retain and test sets
-(never forget rows), the evaluation report, plots, and tags linking batch, flow run and source version."""
+"""Register the batch's model in MLflow, with lineage: digests of the retain and test sets (never forget
+rows), the erasure manifest (keyed hashes) next to the checkpoint, the evaluation report, plots, and tags
+linking batch, flow run and source version.
+
+Registration and completion are two steps on purpose. A version is registered before the batch closes its
+requests; only after the queue says the requests are erased does it get ``batch_status=completed`` and the
+``candidate`` alias. A batch that dies in between leaves an un-aliased version that recovery tags
+``abandoned``, and the next batch never starts from it.
+"""
 
 from __future__ import annotations
 
 import tempfile
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import mlflow
+from mlflow import MlflowClient
 from mlflow.data.http_dataset_source import HTTPDatasetSource
 from mlflow.data.meta_dataset import MetaDataset
 from mlflow.entities.model_registry import ModelVersion
@@ -16,7 +25,10 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from torch import nn
 
+from hamu.audit.model_card import VersionEntry, with_erasure_history
+from hamu.lineage import ErasureManifest
 from hamu.models import save_checkpoint
+from tasks.lineage import MANIFEST_FILE
 from tasks.tracking import log_flat_dict, log_model_version, set_alias
 
 
@@ -38,17 +50,46 @@ def register_candidate(
     metadata: Mapping[str, Any],
     example: Any,
     report_path: Path,
-    plots: Mapping[str, Path],
+    manifest: ErasureManifest,
     tags: Mapping[str, str],
 ) -> ModelVersion:
     mlflow.log_artifact(str(report_path), artifact_path="evaluation")
-    for path in plots.values():
-        mlflow.log_artifact(str(path), artifact_path="plots")
     folder = Path(tempfile.mkdtemp(prefix="hamu-candidate-"))
     save_checkpoint(model, folder / "model.safetensors", dict(metadata))
-    version = log_model_version(model, name=name, example=example, checkpoint_dir=folder, tags=tags)
-    set_alias(name, "candidate", version.version)
-    return version
+    (folder / MANIFEST_FILE).write_bytes(manifest.to_json())
+    lineage = {"erased_records": str(len(manifest)), "erasure_digest": manifest.digest()}
+    return log_model_version(
+        model, name=name, example=example, checkpoint_dir=folder, tags={**tags, **lineage}
+    )
+
+
+@task(name="complete-candidate", cache_policy=NO_CACHE)
+def complete_candidate(name: str, version: str) -> None:
+    """The batch's requests are closed: mark the version completed and point ``candidate`` at it."""
+    MlflowClient().set_model_version_tag(name, version, "batch_status", "completed")
+    set_alias(name, "candidate", version)
+
+
+def refresh_model_card(name: str) -> str:
+    """Re-render the registered model's description with its erasure history (from the version tags)."""
+    client = MlflowClient()
+    registered = client.get_registered_model(name)
+    aliases: dict[str, list[str]] = {}
+    for alias, version in (registered.aliases or {}).items():
+        aliases.setdefault(str(version), []).append(alias)
+    entries = []
+    for mv in client.search_model_versions(f"name = '{name}'"):
+        created = datetime.fromtimestamp(mv.creation_timestamp / 1000, UTC).strftime("%Y-%m-%d %H:%M")
+        entries.append(
+            VersionEntry.from_tags(str(mv.version), created, mv.tags or {}, aliases.get(str(mv.version), []))
+        )
+    intro = (
+        f"`{name}`: a model served under deletion requests. Versions are produced by deletion batches "
+        "(HAMU unlearning or exact retraining) and become `champion` only through `hamu promote`."
+    )
+    description = with_erasure_history(registered.description or intro, entries)
+    client.update_registered_model(name, description=description)
+    return description
 
 
 def log_report_metrics(report: Mapping[str, Any]) -> None:

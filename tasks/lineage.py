@@ -1,0 +1,37 @@
+"""Erasure lineage and drift of registered versions: read a version's erasure manifest and drift state,
+and plan what a batch must forget from its source model (see :mod:`hamu.lineage`, :mod:`hamu.drift`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from hamu.audit import KeyedHasher
+from hamu.drift import DriftState
+from hamu.lineage import ErasureManifest, ForgetPlan, plan_forget
+from tasks.models import ServedModel
+
+MANIFEST_FILE = "erasures.json"
+
+
+def manifest_of(checkpoint: Path) -> ErasureManifest:
+    """The manifest stored next to a version's checkpoint; an original has none (nothing erased)."""
+    path = checkpoint.parent / MANIFEST_FILE
+    return ErasureManifest.from_json(path.read_bytes()) if path.exists() else ErasureManifest()
+
+
+def drift_of(model: ServedModel) -> DriftState:
+    return DriftState.from_tags(model.tags)
+
+
+@task(name="plan-forget", cache_policy=NO_CACHE)
+def plan_batch(
+    train_ids: list[str],
+    accepted: list[str],
+    erased_before: set[str],
+    source: ServedModel,
+    hasher: KeyedHasher,
+) -> ForgetPlan:
+    return plan_forget(train_ids, accepted, erased_before, manifest_of(source.checkpoint), hasher.hash)

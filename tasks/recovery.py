@@ -1,0 +1,92 @@
+"""Recovery from batches that died (SIGKILL, power loss) before they finished, run at the start of every
+batch.
+
+A batch is dead when its ``flock`` can be taken (see :mod:`tasks.locks`). For each dead batch:
+
+* its still-claimed requests go back to pending (the next claim picks them up again);
+* a model version it registered before dying is tagged ``batch_status=abandoned`` (never promotable);
+* its working area (forget rows, per-example scores) is deleted, and the deletion is recorded, exactly as
+  a finished batch would have done.
+
+Every action is a ledger record under the dead batch's ID, so the trail explains the gap.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mlflow import MlflowClient
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from hamu.audit import KeyedHasher
+from hamu.requests import RequestQueue, Status
+from tasks.audit import BatchAudit
+from tasks.locks import BatchLock
+
+
+@dataclass
+class RecoveryReport:
+    released: dict[str, int] = field(default_factory=dict)
+    abandoned_versions: dict[str, list[str]] = field(default_factory=dict)
+    deleted_work_areas: list[str] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.released or self.abandoned_versions or self.deleted_work_areas)
+
+
+def _dead_batches(queue: RequestQueue, work: Path, current: str) -> set[str]:
+    candidates = {r.batch_id for r in queue.list(Status.CLAIMED) if r.batch_id}
+    candidates |= {p.name for p in work.iterdir() if p.is_dir()} if work.exists() else set()
+    candidates |= {p.stem for p in work.glob("*.lock")} if work.exists() else set()
+    candidates.discard(current)
+    dead = set()
+    for batch_id in candidates:
+        lock = BatchLock(work, batch_id)
+        if lock.acquire():  # nobody holds it: its process is gone
+            lock.release()
+            dead.add(batch_id)
+    return dead
+
+
+def _abandon_versions(model_name: str, batch_id: str) -> list[str]:
+    client = MlflowClient()
+    found = client.search_model_versions(f"name = '{model_name}' and tags.batch_id = '{batch_id}'")
+    tagged = []
+    for mv in found:
+        if (mv.tags or {}).get("batch_status") != "completed":
+            client.set_model_version_tag(model_name, mv.version, "batch_status", "abandoned")
+            tagged.append(str(mv.version))
+    return tagged
+
+
+@task(name="recover-dead-batches", cache_policy=NO_CACHE)
+def recover_dead_batches(
+    queue: RequestQueue, work: Path, audit_root: Path, hasher: KeyedHasher, model_name: str, current: str
+) -> RecoveryReport:
+    report = RecoveryReport()
+    for batch_id in sorted(_dead_batches(queue, work, current)):
+        lock = BatchLock(work, batch_id)
+        if not lock.acquire():  # it came alive between the scan and now: leave it alone
+            continue
+        try:
+            audit = BatchAudit(audit_root, hasher, batch_id)
+            released = queue.release_batch(batch_id)
+            abandoned = _abandon_versions(model_name, batch_id)
+            if released or abandoned:
+                report.released[batch_id] = released
+                report.abandoned_versions[batch_id] = abandoned
+                audit.record(
+                    "recover",
+                    decision="released",
+                    reason="the batch's process died before it finished",
+                    params={"released_requests": released, "abandoned_versions": abandoned},
+                )
+            folder = work / batch_id
+            if folder.exists():
+                audit.delete_work_area(folder)
+                report.deleted_work_areas.append(batch_id)
+        finally:
+            lock.release()
+    return report
