@@ -205,11 +205,17 @@ def audit_trace(
     if not receipts:
         err.print(f"no receipt for this request ({hashed[:24]}…): not yet handled, or unknown")
         raise typer.Exit(1)
+    from hamu.requests import RequestQueue
+
+    with RequestQueue(paths.requests_url) as queue:
+        request = queue.get(request_id)
     for receipt in receipts:
+        current = request is not None and request.batch_id == receipt.batch_id
+        standing = "" if current else " [yellow](superseded: that batch did not complete)[/yellow]"
         console.print(
             f"[bold]{receipt.verdict}[/bold] in batch {receipt.batch_id}: {receipt.reason or 'ok'}; "
             f"model {receipt.model_name or '-'} version {receipt.model_version or '-'}; "
-            f"issued {receipt.issued_at}"
+            f"issued {receipt.issued_at}{standing}"
         )
         for rec in ledger.records():
             if rec.batch_id == receipt.batch_id:
@@ -235,6 +241,7 @@ def promote(
     from mlflow import MlflowClient
 
     from hamu.promotion import promotion_gates
+    from tasks.registration import refresh_model_card
     from tasks.tracking import alias_version, ensure_experiment
 
     paths, audit = _audit_for(batch)
@@ -250,6 +257,7 @@ def promote(
         raise typer.Exit(2)
     candidate = found[0]
     gates = promotion_gates(json.loads(report_path.read_text()), utility_budget=utility_budget, ks_max=ks_max)
+    gates += _lineage_gates(paths, audit.hasher, candidate)
     table = Table(title=f"promotion gates: {candidate.name} v{candidate.version}")
     for col in ("gate", "passed", "value", "limit", "detail"):
         table.add_column(col)
@@ -269,14 +277,39 @@ def promote(
     client.set_model_version_tag(candidate.name, candidate.version, "previous_champion", prev)
     client.set_registered_model_alias(candidate.name, "champion", candidate.version)
     audit.record("promote", decision="promoted", reason=f"previous champion {prev or '-'}", params=params)
+    refresh_model_card(candidate.name)
     console.print(f"champion: {candidate.name} v{candidate.version} (previous: {prev or '-'})")
 
 
+def _lineage_gates(paths: Any, hasher: Any, version: Any) -> list[Any]:
+    from hamu.promotion import lineage_gates
+    from hamu.requests import RequestQueue
+    from tasks.lineage import still_carried
+
+    with RequestQueue(paths.requests_url) as queue:
+        erased = queue.erased_record_ids()
+    return lineage_gates(
+        batch_status=(version.tags or {}).get("batch_status", ""),
+        still_carried=still_carried(version, erased, hasher),
+        erased_total=len(erased),
+    )
+
+
 @app.command()
-def rollback(model: str = typer.Option(..., "--model", help="registered model name")) -> None:
-    """Restore the champion that the current champion replaced; record the rollback."""
+def rollback(
+    model: str = typer.Option(..., "--model", help="registered model name"),
+    force: bool = typer.Option(
+        False, help="roll back even if the previous champion still carries erased records (recorded)"
+    ),
+) -> None:
+    """Restore the champion that the current champion replaced; record the rollback.
+
+    Refused when the previous champion still carries records erased since (rolling back would serve them
+    again), unless ``--force``, which the audit record states with the count.
+    """
     from mlflow import MlflowClient
 
+    from tasks.registration import refresh_model_card
     from tasks.tracking import alias_version, ensure_experiment
 
     paths = configure_environment()
@@ -286,9 +319,19 @@ def rollback(model: str = typer.Option(..., "--model", help="registered model na
     if current is None or not previous:
         err.print(f"nothing to roll back for {model!r}: no champion, or it replaced none")
         raise typer.Exit(1)
-    MlflowClient().set_registered_model_alias(model, "champion", previous)
     _, audit = _audit_for(str((current.tags or {}).get("batch_id", "rollback")))
-    audit.record("rollback", decision="rolled-back", reason=f"champion {current.version} → {previous}")
+    client = MlflowClient()
+    coverage = _lineage_gates(paths, audit.hasher, client.get_model_version(model, previous))[1]
+    reason = f"champion {current.version} → {previous}"
+    if not coverage.passed:
+        if not force:
+            audit.record("rollback", decision="refused", reason=f"{reason}: {coverage.detail}")
+            err.print(f"champion unchanged: version {previous} {coverage.detail.split(': ')[0]}")
+            raise typer.Exit(1)
+        reason += f"; FORCED although {coverage.detail.split(': ')[0]}"
+    client.set_registered_model_alias(model, "champion", previous)
+    audit.record("rollback", decision="rolled-back", reason=reason)
+    refresh_model_card(model)
     console.print(f"champion: {model} v{previous} (was v{current.version})")
 
 

@@ -32,7 +32,7 @@ from tasks.audit import BatchAudit
 from tasks.batch_report import write_batch_report
 from tasks.env import configure_environment
 from tasks.evaluation import evaluate, make_plots, shadow_specs, train_shadow
-from tasks.faults import maybe_fault
+from tasks.faults import check_fault_spec, maybe_fault
 from tasks.hardness import assess, gate
 from tasks.intake import claim_batch, close_requests, record_verdicts
 from tasks.lineage import drift_of, plan_batch
@@ -76,6 +76,7 @@ def _timed(timings: dict[str, float], stage: str) -> Any:
 @flow(name="deletion-batch")
 def deletion_batch(config: BatchConfig | None = None, batch_id: str | None = None) -> dict[str, Any]:
     cfg = config or BatchConfig()
+    check_fault_spec()
     paths = configure_environment()
     batch_id = batch_id or new_batch_id()
     name = cfg.registered_name
@@ -259,6 +260,7 @@ def _run_claimed(
             params={"train_seconds": round(ref_seconds, 3)},
             outputs={"weights": tensors_digest(reference.model)},
         )
+        maybe_fault("reference")
 
         history: list[Any] = []
         tensor_names: tuple[str, ...] = ()

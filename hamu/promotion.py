@@ -8,6 +8,13 @@ pass:
 * ``utility-budget``: test accuracy drop against the original ≤ ``utility_budget``;
 * ``ks``: the KS statistic D between the candidate's and the reference's per-example forget losses is ≤
   ``ks_max`` (default: the report's own ``ks_d`` band).
+
+Two lineage gates (:func:`lineage_gates`) come from the registry and the request queue, not the report:
+
+* ``batch-completed``: the candidate's batch closed its requests and issued receipts (a version left by a
+  batch that died is never promotable);
+* ``erasure-coverage``: the candidate no longer carries any record erased so far, so promoting an older
+  candidate cannot bring back records erased after it.
 """
 
 from __future__ import annotations
@@ -85,3 +92,31 @@ def promotion_gates(
         )
     )
     return gates
+
+
+def lineage_gates(*, batch_status: str, still_carried: int, erased_total: int) -> list[GateResult]:
+    """``still_carried``: erased records (per the queue) missing from the candidate's erasure manifest."""
+    if still_carried < 0 or erased_total < still_carried:
+        raise ValueError(f"need 0 <= still_carried <= erased_total, got {still_carried}, {erased_total}")
+    completed = batch_status == "completed"
+    return [
+        GateResult(
+            "batch-completed",
+            completed,
+            1.0 if completed else 0.0,
+            1.0,
+            "the batch closed its requests and issued receipts"
+            if completed
+            else f"batch status is {batch_status or 'unknown'!r}: only completed batches can be promoted",
+        ),
+        GateResult(
+            "erasure-coverage",
+            still_carried == 0,
+            float(still_carried),
+            0.0,
+            f"the candidate carries none of the {erased_total} erased records"
+            if still_carried == 0
+            else f"the candidate still carries {still_carried} of {erased_total} erased records (erased "
+            "after its batch): promote a newer candidate",
+        ),
+    ]

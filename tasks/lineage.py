@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mlflow.entities.model_registry import ModelVersion
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
@@ -12,6 +13,7 @@ from hamu.audit import KeyedHasher
 from hamu.drift import DriftState
 from hamu.lineage import ErasureManifest, ForgetPlan, plan_forget
 from tasks.models import ServedModel
+from tasks.tracking import download_checkpoint
 
 MANIFEST_FILE = "erasures.json"
 
@@ -20,6 +22,13 @@ def manifest_of(checkpoint: Path) -> ErasureManifest:
     """The manifest stored next to a version's checkpoint; an original has none (nothing erased)."""
     path = checkpoint.parent / MANIFEST_FILE
     return ErasureManifest.from_json(path.read_bytes()) if path.exists() else ErasureManifest()
+
+
+def still_carried(version: ModelVersion, erased_record_ids: set[str], hasher: KeyedHasher) -> int:
+    """How many erased records (per the queue) a registry version does not list as erased."""
+    folder = download_checkpoint(version)
+    manifest = manifest_of(folder / MANIFEST_FILE)
+    return len(manifest.missing(hasher.hash(r) for r in erased_record_ids))
 
 
 def drift_of(model: ServedModel) -> DriftState:

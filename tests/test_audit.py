@@ -134,3 +134,36 @@ def test_receipts_are_found_by_keyed_hash(tmp_path: Path) -> None:
     text = (tmp_path / ref["path"]).read_text()
     assert "req-1" not in text and "fmnist-train-000001" not in text
     assert verify_ledger(tmp_path).ok
+
+
+def test_redact_ids_replaces_every_raw_id_by_its_keyed_hash() -> None:
+    """Validation reasons quote IDs; receipts and reports must not."""
+    from hamu.audit import KeyedHasher
+    from tasks.audit import redact_ids
+
+    hasher = KeyedHasher(b"r" * 32)
+    ids = ["req-001", "digits-train-000007", "bad id with spaces"]
+    texts = [
+        "record also requested by earlier request req-001 in this batch",
+        "record_id 'digits-train-000007' does not match ^[a-z]+$",
+        "request_id 'bad id with spaces' does not match",
+        "req-0010 is a different ID and stays",
+    ]
+    out = [redact_ids(t, ids, hasher) for t in texts]
+    for text in out[:3]:
+        assert not any(i in text for i in ids), text
+    assert f"<{hasher.hash('req-001').split(':', 1)[1][:16]}>" in out[0]
+    assert out[3] == texts[3]
+
+
+def test_fault_spec_must_name_a_stage(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tasks.faults import STAGES, check_fault_spec, maybe_fault
+
+    monkeypatch.setenv("HAMU_FAULT", "after:evaluat")
+    with pytest.raises(ValueError, match="not after:<stage>"):
+        check_fault_spec()
+    monkeypatch.setenv("HAMU_FAULT", f"after:{STAGES[0]}")
+    check_fault_spec()
+    maybe_fault(STAGES[1])  # another stage: no fault, the test process lives on
+    with pytest.raises(ValueError, match="unknown fault stage"):
+        maybe_fault("nonsense")

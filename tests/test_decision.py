@@ -73,3 +73,13 @@ def test_bad_policy_and_cost(report: HardnessReport) -> None:
 def test_report_times_paired_batches(report: HardnessReport) -> None:
     assert report.seconds_per_batch > 0
     assert report.to_dict()["seconds_per_batch"] == report.seconds_per_batch
+
+
+def test_drift_over_budget_forces_retrain_whatever_the_geometry(report: HardnessReport) -> None:
+    easy = dataclasses.replace(report, degradation_fraction=0.0)
+    cheap = CostEstimate(unlearn_seconds=1.0, retrain_seconds=100.0)
+    assert decide(easy, cheap).action == "unlearn"
+    forced = decide(easy, cheap, force_retrain=["cumulative utility drift 0.05 > budget 0.03"])
+    assert forced.action == "retrain" and "cumulative utility drift" in forced.reason
+    advised = decide(easy, cheap, advisories=["a full retrain is recommended"])
+    assert advised.action == "unlearn" and advised.warnings == ("a full retrain is recommended",)

@@ -110,6 +110,42 @@ def test_registry_candidate_and_champion_untouched(batch_run: dict) -> None:
     assert mv.tags["batch_id"] == batch_run["summary"]["batch_id"]
     assert mv.tags["source_version"] == aliases["champion"]
     assert mv.tags["prefect_flow_run_id"]
+    assert mv.tags["batch_status"] == "completed"
+    assert mv.tags["erased_records"] == "60" and mv.tags["erased_in_batch"] == "60"
+    assert mv.tags["drift_batches"] == "1"
+
+
+def test_report_is_filed_in_audit_mlflow_and_model_card(batch_run: dict, home: Path) -> None:
+    """The per-batch report (Markdown + standalone HTML) is in the ledger and the MLflow run, and the
+    registered model's description carries the erasure history with this batch."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    from hamu.audit import Ledger
+
+    summary = batch_run["summary"]
+    batch_id = summary["batch_id"]
+    report = home / "audit" / "batches" / batch_id / "report.md"
+    text = report.read_text()
+    for heading in ("## Requests", "## Hardness and decision", "## Forgetting evidence", "## Utility"):
+        assert heading in text
+    assert "| accepted | 60 |" in text and "| unknown | 1 |" in text
+    assert "## Cumulative drift" in text and "attacks.forget_vs_test" in text
+    steps = [r.step for r in Ledger(home / "audit").records() if r.batch_id == batch_id]
+    assert steps.index("report") < steps.index("receipts") < steps.index("completed")
+    run_files = {
+        f.path for f in MlflowClient().list_artifacts(summary["mlflow_run_id"], "report") if not f.is_dir
+    }
+    assert run_files == {"report/report.md", "report/report.html"}
+    local = mlflow.artifacts.download_artifacts(
+        run_id=summary["mlflow_run_id"], artifact_path="report/report.html"
+    )
+    page = Path(local).read_text()
+    assert page.startswith("<!doctype html>") and "data:image/png;base64," in page
+    name = batch_run["config"].registered_name
+    card = MlflowClient().get_registered_model(name).description
+    assert "## Erasure history" in card and batch_id in card
+    assert card.count("## Erasure history") == 1
 
 
 def test_audit_verifies_traces_and_detects_tampering(batch_run: dict, home: Path) -> None:
@@ -187,46 +223,123 @@ def _run_in_own_group(cmd: list[str], env: dict[str, str], log: Path) -> int:
                 os.killpg(proc.pid, signal.SIGKILL)
 
 
-def test_crash_after_a_stage_keeps_queue_champion_and_audit(
+def _run_in_own_group(cmd: list[str], env: dict[str, str], log: Path) -> int:
+    """Run in a new session with output to a file, then kill the whole group: a SIGKILLed flow leaves its
+    ephemeral Prefect server orphaned, and that server must neither hold our pipes nor outlive the test."""
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        try:
+            return proc.wait(timeout=600)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _cli_env() -> dict[str, str]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("PREFECT_API_URL", None)  # each process runs its own ephemeral Prefect server
+    env.pop("HAMU_FAULT", None)
+    return env
+
+
+BATCH_CMD = [sys.executable, "-m", "flows.cli", "batch", "run", "--preset", PRESET, "--max-steps", "5"]
+BATCH_CMD += ["--shadow-models", "0", "--gate-policy", "warn"]
+CRASH_STAGES = ("claim", "validate", "hardness", "reference", "unlearn", "evaluate", "register", "receipts")
+CRASH_STAGES += ("close",)
+
+
+def _mine(home: Path, prefix: str) -> list:
+    from hamu.requests import RequestQueue
+
+    with RequestQueue(f"sqlite:///{home / 'requests.db'}") as queue:
+        return [r for r in queue.list() if r.request_id.startswith(prefix)]
+
+
+def test_crash_at_every_stage_keeps_queue_champion_and_audit(
     batch_run: dict, home: Path, record_ids: list[str]
 ) -> None:
-    """SIGKILL right after the hardness stage (fault injection); then a rerun erases each request once."""
+    """SIGKILL after each stage in turn (each run recovers the previous crash and dies one stage later);
+    after every crash the queue holds every request, champion is unchanged and the chain verifies; the
+    final run leaves each request erased exactly once, by one completed batch, and no working area."""
     from mlflow import MlflowClient
 
     from flows.cli import app
-    from hamu.requests import RequestQueue
 
     name = batch_run["config"].registered_name
-    champion_before = MlflowClient().get_registered_model(name).aliases["champion"]
+    client = MlflowClient()
+    champion_before = str(client.get_registered_model(name).aliases["champion"])
     rows = [(f"crash-{i:03d}", rec, "bias") for i, rec in enumerate(record_ids[200:230])]
-    assert (
-        CliRunner().invoke(app, ["requests", "submit", str(_write_requests(home / "b2.csv", rows))]).exit_code
-        == 0
-    )
-    env = {**os.environ, "HAMU_FAULT": "after:hardness", "PREFECT_API_URL": "", "OMP_NUM_THREADS": "1"}
-    env.pop("PREFECT_API_URL")
-    cmd = [sys.executable, "-m", "flows.cli", "batch", "run", "--preset", PRESET, "--max-steps", "5"]
-    cmd += ["--shadow-models", "0", "--gate-policy", "warn"]
-    crashed = _run_in_own_group(cmd, env, home / "crash.log")
-    assert crashed == -9, (home / "crash.log").read_text()[-2000:]
-    url = f"sqlite:///{home / 'requests.db'}"
-    with RequestQueue(url) as queue:
-        mine = [r for r in queue.list() if r.request_id.startswith("crash-")]
-        assert len(mine) == 30 and {r.status.value for r in mine} <= {"pending", "claimed"}
-    assert MlflowClient().get_registered_model(name).aliases["champion"] == champion_before
+    submitted = CliRunner().invoke(app, ["requests", "submit", str(_write_requests(home / "b2.csv", rows))])
+    assert submitted.exit_code == 0, submitted.output
+    for stage in CRASH_STAGES:
+        log = home / f"crash-{stage}.log"
+        rc = _run_in_own_group(BATCH_CMD, {**_cli_env(), "HAMU_FAULT": f"after:{stage}"}, log)
+        assert rc == -9, f"expected SIGKILL after {stage}: " + log.read_text()[-2000:]
+        mine = _mine(home, "crash-")
+        assert len(mine) == 30, f"requests lost after a crash at {stage}"
+        statuses = {r.status.value for r in mine}
+        assert statuses == {"erased"} if stage == "close" else statuses <= {"pending", "claimed"}, stage
+        assert str(client.get_registered_model(name).aliases["champion"]) == champion_before, stage
+        verify = CliRunner().invoke(app, ["audit", "verify"])
+        assert verify.exit_code == 0, f"after a crash at {stage}: {verify.output}"
+    final = _run_in_own_group(BATCH_CMD, _cli_env(), home / "crash-final.log")
+    assert final == 0, (home / "crash-final.log").read_text()[-2000:]
+
+    mine = _mine(home, "crash-")
+    assert all(r.status.value == "erased" for r in mine)
+    assert len({r.batch_id for r in mine}) == 1 and len({r.model_version for r in mine}) == 1
+    version = client.get_model_version(name, mine[0].model_version)
+    assert version.tags["batch_status"] == "completed"
+    # batch 1's candidate was never promoted: its 60 records are forgotten again from the champion
+    assert version.tags["carried_over"] == "60" and version.tags["erased_records"] == "90"
+    died = [v for v in client.search_model_versions(f"name = '{name}'") if v.tags.get("batch_id") != (
+        mine[0].batch_id) and v.tags.get("batch_status") not in (None, "completed")]  # fmt: skip
+    assert len(died) == 2 and all(v.tags["batch_status"] == "abandoned" for v in died)  # register, receipts
+    assert not [p for p in (home / "work").iterdir() if p.is_dir()], "a dead batch's working area survived"
+    assert str(client.get_registered_model(name).aliases["champion"]) == champion_before
     assert CliRunner().invoke(app, ["audit", "verify"]).exit_code == 0
-    env.pop("HAMU_FAULT")
-    rerun = _run_in_own_group(cmd, env, home / "rerun.log")
-    assert rerun == 0, (home / "rerun.log").read_text()[-2000:]
-    with RequestQueue(url) as queue:
-        mine = [r for r in queue.list() if r.request_id.startswith("crash-")]
-        assert all(r.status.value == "erased" for r in mine)
-        assert len({r.batch_id for r in mine}) == 1
-    assert MlflowClient().get_registered_model(name).aliases["champion"] == champion_before
+    trace = CliRunner().invoke(app, ["audit", "trace", "crash-000"])
+    assert trace.exit_code == 0 and "superseded" in trace.output and mine[0].batch_id in trace.output
+
+
+def test_two_concurrent_batch_runs_handle_each_request_once(home: Path, record_ids: list[str]) -> None:
+    """Two `hamu batch run` processes started together: one claims the work, the other says so."""
+    from flows.cli import app
+
+    rows = [(f"conc-{i:03d}", rec, "privacy") for i, rec in enumerate(record_ids[300:320])]
+    submitted = CliRunner().invoke(app, ["requests", "submit", str(_write_requests(home / "b3.csv", rows))])
+    assert submitted.exit_code == 0, submitted.output
+    logs = [home / f"concurrent-{i}.log" for i in range(2)]
+    handles = [open(log, "w") for log in logs]  # noqa: SIM115 (closed below)
+    procs = [
+        subprocess.Popen(
+            BATCH_CMD, cwd=REPO, env=_cli_env(), stdout=h, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        for h in handles
+    ]
+    try:
+        codes = [p.wait(timeout=600) for p in procs]
+    finally:
+        for p, h in zip(procs, handles, strict=True):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGKILL)
+            h.close()
+    outputs = [log.read_text() for log in logs]
+    assert codes == [0, 0], "\n---\n".join(o[-2000:] for o in outputs)
+    losers = [o for o in outputs if "nothing left to claim" in o]
+    assert len(losers) == 1, "\n---\n".join(o[-2000:] for o in outputs)
+    assert "no request is handled twice" in losers[0]
+    mine = _mine(home, "conc-")
+    assert len(mine) == 20 and all(r.status.value == "erased" for r in mine)
+    assert len({r.batch_id for r in mine}) == 1
     assert CliRunner().invoke(app, ["audit", "verify"]).exit_code == 0
 
 
-def test_promotion_is_gated_and_rollback_restores(batch_run: dict, home: Path) -> None:
+def test_promotion_is_gated_by_evidence_and_lineage_and_rollback_is_guarded(
+    batch_run: dict, home: Path
+) -> None:
     import json
 
     from mlflow import MlflowClient
@@ -236,24 +349,39 @@ def test_promotion_is_gated_and_rollback_restores(batch_run: dict, home: Path) -
     from hamu.promotion import promotion_gates
 
     name = batch_run["config"].registered_name
-    batch_id = batch_run["summary"]["batch_id"]
-    before = str(MlflowClient().get_registered_model(name).aliases["champion"])
+    client = MlflowClient()
+    runner = CliRunner()
+    before = str(client.get_registered_model(name).aliases["champion"])
+    # batch 1's candidate no longer covers what later batches erased: never promotable
+    old = runner.invoke(
+        app,
+        ["promote", "--batch", batch_run["summary"]["batch_id"], "--utility-budget", "1", "--ks-max", "1"],
+    )
+    assert old.exit_code == 1 and "erasure-coverage" in old.output
+    assert str(client.get_registered_model(name).aliases["champion"]) == before
+    assert Ledger(home / "audit").records()[-1].decision == "refused"
+
+    latest = str(client.get_registered_model(name).aliases["candidate"])
+    batch_id = client.get_model_version(name, latest).tags["batch_id"]
     report = json.loads((home / "audit" / "batches" / batch_id / "evaluation.json").read_text())
     gates = promotion_gates(report, utility_budget=1.0, ks_max=1.0)
-    runner = CliRunner()
     result = runner.invoke(
         app, ["promote", "--batch", batch_id, "--utility-budget", "1.0", "--ks-max", "1.0"]
     )
-    after = str(MlflowClient().get_registered_model(name).aliases["champion"])
+    after = str(client.get_registered_model(name).aliases["champion"])
     last = Ledger(home / "audit").records()[-1]
     assert last.step == "promote"
     if all(g.passed for g in gates):
-        assert result.exit_code == 0 and after == batch_run["summary"]["model_version"]
-        assert last.decision == "promoted"
-        back = runner.invoke(app, ["rollback", "--model", name])
-        assert back.exit_code == 0
-        assert str(MlflowClient().get_registered_model(name).aliases["champion"]) == before
-        assert Ledger(home / "audit").records()[-1].step == "rollback"
+        assert result.exit_code == 0 and after == latest and last.decision == "promoted"
+        assert f"| {latest} | candidate, champion |" in client.get_registered_model(name).description
+        refused = runner.invoke(app, ["rollback", "--model", name])  # the original carries erased records
+        assert refused.exit_code == 1 and "still carries" in refused.output
+        assert str(client.get_registered_model(name).aliases["champion"]) == latest
+        forced = runner.invoke(app, ["rollback", "--model", name, "--force"])
+        assert forced.exit_code == 0
+        assert str(client.get_registered_model(name).aliases["champion"]) == before
+        record = Ledger(home / "audit").records()[-1]
+        assert record.step == "rollback" and "FORCED" in record.reason
     else:
         assert result.exit_code == 1 and after == before and last.decision == "refused"
         assert all(g.name in result.output for g in gates if not g.passed)
