@@ -69,9 +69,10 @@ def run_demo(
         "(alias 'candidate'; 'champion' unchanged until promotion)"
     )
     out.print(f"  evidence report: {summary.get('report_path')}")
+    out.print(f"  batch report (Markdown; HTML beside it and in the MLflow run): {summary.get('report_md')}")
     out.print(f"  MLflow: {paths.mlflow_uri} (run {summary.get('mlflow_run_id')})")
     out.print(
         "\nnext: .venv/bin/hamu audit verify | .venv/bin/hamu requests list | "
-        f".venv/bin/hamu audit trace {rows[0][0]}"
+        f".venv/bin/hamu audit trace {rows[0][0]} | .venv/bin/hamu promote --batch {summary['batch_id']}"
     )
     return summary

@@ -53,3 +53,16 @@ def test_budget_boundary_and_bad_input() -> None:
         promotion_gates(report, model="other")
     with pytest.raises(ValueError, match="utility_budget"):
         promotion_gates(copy.deepcopy(report), utility_budget=-1)
+
+
+def test_lineage_gates_block_incomplete_batches_and_uncovered_erasures() -> None:
+    from hamu.promotion import lineage_gates
+
+    ok = lineage_gates(batch_status="completed", still_carried=0, erased_total=90)
+    assert [g.name for g in ok] == ["batch-completed", "erasure-coverage"] and all(g.passed for g in ok)
+    dead = lineage_gates(batch_status="abandoned", still_carried=0, erased_total=90)
+    assert not dead[0].passed and "abandoned" in dead[0].detail and dead[1].passed
+    stale = lineage_gates(batch_status="completed", still_carried=30, erased_total=90)
+    assert not stale[1].passed and stale[1].value == 30.0 and "30 of 90" in stale[1].detail
+    with pytest.raises(ValueError):
+        lineage_gates(batch_status="completed", still_carried=5, erased_total=4)
