@@ -95,12 +95,14 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--models", default="cnn,resnet20")
     parser.add_argument("--rounds", type=int, default=4, help="interleaved gdiff/hamu-q rounds")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: every core)")
     args = parser.parse_args()
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(args.threads or os.cpu_count() or 1)
 
     print(
         f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-        f"torch {torch.__version__}, device cpu, python {platform.python_version()}"
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, device cpu, "
+        f"python {platform.python_version()}"
     )
     print(
         f"batch {args.batch}+{args.batch}, median of {args.steps} steps in {args.rounds} interleaved rounds, "

@@ -116,8 +116,16 @@ class HamuTransform:
         self.config = config or HamuConfig()
 
     def __call__(
-        self, retain: torch.Tensor, forget: torch.Tensor, layout: FlatLayout, *, lr: float
+        self,
+        retain: torch.Tensor,
+        forget: torch.Tensor,
+        layout: FlatLayout,
+        *,
+        lr: float,
+        scale: float = 1.0,
     ) -> TransformOutput:
+        """``update`` is ``scale``·δ: the methods pass −1/η and get the equivalent gradient without one
+        more pass over the parameters."""
         if retain.shape != forget.shape or retain.numel() != layout.numel:
             raise ValueError(
                 f"flat gradients must both have {layout.numel} elements, got {retain.numel()} "
@@ -126,9 +134,9 @@ class HamuTransform:
         if not math.isfinite(lr) or lr <= 0:
             raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
         cfg = self.config
-        retain_sq = layout.segment_sum(retain * retain)
-        forget_sq = layout.segment_sum(forget * forget)
-        kappa = layout.segment_sum(retain * forget)
+        retain_sq = layout.segment_dot(retain, retain)
+        forget_sq = layout.segment_dot(forget, forget)
+        kappa = layout.segment_dot(retain, forget)
         B = cfg.total_constraint(lr)
         eff_sq = forget_sq if cfg.variant == "hamu-u" else retain_sq
         eff_total = eff_sq.sum()
@@ -151,8 +159,8 @@ class HamuTransform:
             block_r, block_f, block_k = retain_sq, forget_sq, kappa
             R = self._radius(eff_sq, eff_total, lr)
             Bt = self._split_constraint(B, retain_sq, forget_sq, kappa)
-            perp = eff_r - layout.expand(kappa / _safe_nonzero(eff_f_sq)) * eff_f
-            perp_sq = layout.segment_sum(perp * perp)
+            perp = eff_r - layout.scale(kappa / _safe_nonzero(eff_f_sq), eff_f)
+            perp_sq = layout.segment_dot(perp, perp)
 
         coefs = block_coefficients(
             block_r,
@@ -165,13 +173,15 @@ class HamuTransform:
             perp_sq=perp_sq,
         )
         stop_infeasible = (~torch.isfinite(coefs.coef_retain)).any()
-        coef_r = torch.nan_to_num(coefs.coef_retain, nan=0.0)
-        coef_f = torch.nan_to_num(coefs.coef_forget, nan=0.0)
+        # A stopped step must leave the model as it is: zero every coefficient (tiny tensors) rather than
+        # masking the full-size update afterwards.
+        keep = (~stop_infeasible).to(coefs.coef_retain.dtype) * scale
+        coef_r = torch.nan_to_num(coefs.coef_retain, nan=0.0) * keep
+        coef_f = torch.nan_to_num(coefs.coef_forget, nan=0.0) * keep
         if cfg.mode == "global":
             update = coef_r * retain + coef_f * forget
         else:
-            update = layout.expand(coef_r) * retain + layout.expand(coef_f) * forget
-        update = torch.where(stop_infeasible, torch.zeros_like(update), update)
+            update = layout.combine(coef_r, retain, coef_f, forget)
 
         total_cost = torch.nan_to_num(coefs.cost, nan=0.0).sum()
         infeasible_any = (coefs.branch >= int(Branch.INFEASIBLE)).any()

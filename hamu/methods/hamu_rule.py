@@ -32,7 +32,7 @@ class HamuRule:
     ) -> RuleOutput:
         if retain is None or forget is None:
             raise ValueError(f"method {self.name!r} needs both the retain and the forget gradient")
-        out = HamuTransform(self.config)(retain, forget, layout, lr=lr)
+        out = HamuTransform(self.config)(retain, forget, layout, lr=lr, scale=-1.0 / lr)
         diagnostics: dict[str, torch.Tensor] = {
             "kappa": out.kappa_global,
             "kappa1": out.kappa1_global,
@@ -45,7 +45,7 @@ class HamuRule:
         for branch in Branch:
             diagnostics[f"branch_{branch.label}"] = out.branch_counts[int(branch)]
         return RuleOutput(
-            grad=-out.update / lr,
+            grad=out.update,  # −δ/η, scaled inside the transform
             diagnostics=diagnostics,
             stop_infeasible=out.stop_infeasible,
             degradation=out.degradation,
