@@ -107,3 +107,15 @@ def single_thread() -> Iterator[None]:
             yield
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def digits_data() -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+    """scikit-learn digits (features scaled to [0, 1], labels) and one fixed permutation (seed 0) that the
+    evaluation tests cut their forget / retain / test index sets from."""
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    x = torch.tensor(data.data / 16.0, dtype=torch.float32)
+    y = torch.tensor(data.target)
+    return x, y, np.random.default_rng(0).permutation(len(y))

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import pickle
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
 import torch
 from scipy.special import logsumexp
-from sklearn.datasets import load_digits
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 from sklearn.metrics import roc_curve as sk_roc_curve
 
@@ -34,14 +32,7 @@ from hamu.evaluation.bootstrap import Resampler
 from hamu.evaluation.metrics import ScoreGrid, summarise_counts
 from hamu.evaluation.per_example import per_example_from_logits
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    """Tiny models gain nothing from intra-op threads, and other suites share these 2 cores."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 # -- ROC metrics vs scikit-learn -------------------------------------------------------------------------
@@ -194,11 +185,8 @@ def test_scores_are_oriented_higher_is_member() -> None:
 
 
 @pytest.fixture(scope="module")
-def digits() -> dict[str, object]:
-    data = load_digits()
-    x = torch.tensor(data.data / 16.0, dtype=torch.float32)
-    y = torch.tensor(data.target)
-    perm = np.random.default_rng(0).permutation(len(y))
+def digits(digits_data: tuple[torch.Tensor, torch.Tensor, np.ndarray]) -> dict[str, object]:
+    x, y, perm = digits_data
     train, held, pool = perm[:200], perm[200:500], perm[500:]
     trainer = MLPTrainer(x, y, n_classes=10, steps=300, lr=1e-2)
     torch.manual_seed(0)

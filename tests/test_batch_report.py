@@ -7,7 +7,6 @@ import base64
 import dataclasses
 import random
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 from markdown_it import MarkdownIt
-from sklearn.datasets import load_digits
 
 from hamu.audit import KeyedHasher
 from hamu.audit.batch_report import MAX_LISTED_REQUESTS, BatchReportInput, render_html, render_markdown
@@ -35,23 +33,13 @@ HASH = KeyedHasher(b"k" * 32).hash
 _TABLE_RULE = re.compile(r"^\|(---\|)+$", re.MULTILINE)
 _UNESCAPED_PIPE = re.compile(r"(?<!\\)\|")
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    """Tiny models gain nothing from intra-op threads, and other suites share these 2 cores."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")
-def batch() -> dict[str, Any]:
+def batch(digits_data: tuple[torch.Tensor, torch.Tensor, np.ndarray]) -> dict[str, Any]:
     """A real evaluation report, hardness report and decision for a tiny digits batch (~2 s)."""
-    data = load_digits()
-    x = torch.tensor(data.data / 16.0, dtype=torch.float32)
-    y = torch.tensor(data.target)
-    perm = np.random.default_rng(0).permutation(len(y))
+    x, y, perm = digits_data
     forget, retain, test = perm[:60], perm[60:260], perm[260:460]
     trainer = MLPTrainer(x, y, n_classes=10, hidden=(32,), steps=120, lr=1e-2)
     splits = {s: (x[idx], y[idx]) for s, idx in (("retain", retain), ("forget", forget), ("test", test))}

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 from scipy import stats as sps
-from sklearn.datasets import load_digits
 from torch import nn
 
 from hamu.evaluation import (
@@ -33,23 +32,13 @@ from hamu.evaluation.bootstrap import Interval
 
 FAST = EvaluationConfig(n_resamples=400)
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    """Tiny models gain nothing from intra-op threads, and other suites share these 2 cores."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")
-def setting() -> dict[str, Any]:
+def setting(digits_data: tuple[torch.Tensor, torch.Tensor, np.ndarray]) -> dict[str, Any]:
     """Overfit original (train = retain ∪ forget), two retrained references (seeds 0 and 1), the splits."""
-    data = load_digits()
-    x = torch.tensor(data.data / 16.0, dtype=torch.float32)
-    y = torch.tensor(data.target)
-    perm = np.random.default_rng(0).permutation(len(y))
+    x, y, perm = digits_data
     forget, retain, test = perm[:100], perm[100:200], perm[200:500]
     trainer = MLPTrainer(x, y, n_classes=10, steps=300, lr=1e-2)
     splits = {s: (x[idx], y[idx]) for s, idx in (("retain", retain), ("forget", forget), ("test", test))}

@@ -223,20 +223,6 @@ def _run_in_own_group(cmd: list[str], env: dict[str, str], log: Path) -> int:
                 os.killpg(proc.pid, signal.SIGKILL)
 
 
-def _run_in_own_group(cmd: list[str], env: dict[str, str], log: Path) -> int:
-    """Run in a new session with output to a file, then kill the whole group: a SIGKILLed flow leaves its
-    ephemeral Prefect server orphaned, and that server must neither hold our pipes nor outlive the test."""
-    with open(log, "w") as out:
-        proc = subprocess.Popen(
-            cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        try:
-            return proc.wait(timeout=600)
-        finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-
-
 def _cli_env() -> dict[str, str]:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("PREFECT_API_URL", None)  # each process runs its own ephemeral Prefect server

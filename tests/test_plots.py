@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 from matplotlib import image as mpimg
-from sklearn.datasets import load_digits
 from torch import nn
 
 from hamu import UnlearnConfig, unlearn
@@ -26,13 +24,7 @@ from hamu.evaluation import (
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _check_png(path: Path, min_bytes: int = 15_000) -> tuple[int, int]:
@@ -47,11 +39,8 @@ def _check_png(path: Path, min_bytes: int = 15_000) -> tuple[int, int]:
 
 
 @pytest.fixture(scope="module")
-def evaluation() -> Any:
-    data = load_digits()
-    x = torch.tensor(data.data / 16.0, dtype=torch.float32)
-    y = torch.tensor(data.target)
-    perm = np.random.default_rng(0).permutation(len(y))
+def evaluation(digits_data: tuple[torch.Tensor, torch.Tensor, np.ndarray]) -> Any:
+    x, y, perm = digits_data
     forget, retain, test = perm[:100], perm[100:200], perm[200:500]
     trainer = MLPTrainer(x, y, n_classes=10, steps=200, lr=1e-2)
     models = {
