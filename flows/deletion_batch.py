@@ -91,7 +91,7 @@ def deletion_batch(config: BatchConfig | None = None, batch_id: str | None = Non
     try:
         with _timed(timings, "setup"):
             ensure_experiment(paths)
-            recovered = recover_dead_batches(queue, paths.work, paths.audit, hasher, name, batch_id)
+            recovered = recover_dead_batches(queue, paths.work, paths.audit, hasher, batch_id)
             if recovered:
                 summary["recovered"] = {
                     "released": recovered.released,

@@ -50,20 +50,20 @@ def _dead_batches(queue: RequestQueue, work: Path, current: str) -> set[str]:
     return dead
 
 
-def _abandon_versions(model_name: str, batch_id: str) -> list[str]:
+def _abandon_versions(batch_id: str) -> list[str]:
+    """Tag the dead batch's versions (of whichever registered model) ``abandoned``; returns name/version."""
     client = MlflowClient()
-    found = client.search_model_versions(f"name = '{model_name}' and tags.batch_id = '{batch_id}'")
     tagged = []
-    for mv in found:
+    for mv in client.search_model_versions(f"tags.batch_id = '{batch_id}'"):
         if (mv.tags or {}).get("batch_status") != "completed":
-            client.set_model_version_tag(model_name, mv.version, "batch_status", "abandoned")
-            tagged.append(str(mv.version))
+            client.set_model_version_tag(mv.name, mv.version, "batch_status", "abandoned")
+            tagged.append(f"{mv.name}/{mv.version}")
     return tagged
 
 
 @task(name="recover-dead-batches", cache_policy=NO_CACHE)
 def recover_dead_batches(
-    queue: RequestQueue, work: Path, audit_root: Path, hasher: KeyedHasher, model_name: str, current: str
+    queue: RequestQueue, work: Path, audit_root: Path, hasher: KeyedHasher, current: str
 ) -> RecoveryReport:
     report = RecoveryReport()
     for batch_id in sorted(_dead_batches(queue, work, current)):
@@ -73,7 +73,7 @@ def recover_dead_batches(
         try:
             audit = BatchAudit(audit_root, hasher, batch_id)
             released = queue.release_batch(batch_id)
-            abandoned = _abandon_versions(model_name, batch_id)
+            abandoned = _abandon_versions(batch_id)
             if released or abandoned:
                 report.released[batch_id] = released
                 report.abandoned_versions[batch_id] = abandoned
