@@ -49,7 +49,7 @@ from tasks.registration import (
 from tasks.reporting import publish
 from tasks.tracking import ensure_experiment
 from tasks.unlearning import run_unlearning
-from tasks.validation import requests_frame, validate_requests
+from tasks.validation import requests_frame, validate_requests_task
 
 
 def new_batch_id() -> str:
@@ -101,7 +101,7 @@ def deletion_batch(config: BatchConfig | None = None, batch_id: str | None = Non
             data = load_preset_data(cfg.preset)
             champion = ensure_champion(paths, data, name)
         with _timed(timings, "claim"):
-            claimed = claim_batch(queue, batch_id, cfg.max_requests)
+            claimed = audit.run(claim_batch, queue, batch_id, cfg.max_requests)
         if not claimed:
             summary.update(requests=0, **_nothing_claimed(queue, batch_id))
             return summary
@@ -153,8 +153,9 @@ def _run_claimed(
 
         with _timed(timings, "validate"):
             erased_before = queue.erased_record_ids()
-            outcome = validate_requests(requests_frame(claimed), data.manifest_ids, erased_before)
-            record_verdicts(queue, batch_id, outcome.verdict_map())
+            frame = requests_frame(claimed)
+            outcome = audit.run(validate_requests_task, frame, data.manifest_ids, erased_before)
+            audit.run(record_verdicts, queue, batch_id, outcome.verdict_map())
         counts = outcome.counts()
         out["verdicts"] = counts
         gx = json.dumps(outcome.gx_result, sort_keys=True, default=str).encode()
@@ -190,7 +191,7 @@ def _run_claimed(
                 )
             )
             audit.issue_receipts(verdict_rows, model_name=name_of(champion), model_version="", evidence={})
-            close_requests(queue, batch_id, [], "")
+            audit.run(close_requests, queue, batch_id, [], "")
             audit.delete_work_area(paths.work_dir(batch_id))
             audit.record("completed", decision="rejected", reason="no request was accepted")
             out["status"] = "rejected"
@@ -198,7 +199,7 @@ def _run_claimed(
 
         with _timed(timings, "split"):
             accepted_records = [str(x) for x in accepted["record_id"]]
-            plan = plan_batch(data.manifest_ids, accepted_records, erased_before, champion, hasher)
+            plan = audit.run(plan_batch, data.manifest_ids, accepted_records, erased_before, champion, hasher)
             train_now = data.train
             if plan.absent:
                 train_now = train_now.filter(lambda r: r["record_id"] not in plan.absent)
@@ -224,8 +225,9 @@ def _run_claimed(
         source_drift = drift_of(champion)
         budget = cfg.drift_budget()
         with _timed(timings, "hardness"):
-            report, per_step = assess(champion, retain, forget, cfg)
-            decision = gate(report, per_step, champion, len(retain[1]), cfg, breaches(source_drift, budget))
+            report, per_step = audit.run(assess, champion, retain, forget, cfg)
+            over_source = breaches(source_drift, budget)
+            decision = audit.run(gate, report, per_step, champion, len(retain[1]), cfg, over_source)
         out.update(
             action=decision.action,
             reason=decision.reason,
@@ -246,8 +248,12 @@ def _run_claimed(
         maybe_fault("hardness")
 
         with _timed(timings, "reference"):
-            reference, kind, ref_seconds = retrained_reference(
-                paths, split, champion, train=cfg.train_reference or decision.action == "retrain"
+            reference, kind, ref_seconds = audit.run(
+                retrained_reference,
+                paths,
+                split,
+                champion,
+                train=cfg.train_reference or decision.action == "retrain",
             )
         if reference is None:
             raise MissingReferenceError(
@@ -266,7 +272,7 @@ def _run_claimed(
         tensor_names: tuple[str, ...] = ()
         with _timed(timings, "unlearn"):
             if decision.action == "unlearn":
-                result, seconds = run_unlearning(champion, retain, forget, cfg, run.info.run_id)
+                result, seconds = audit.run(run_unlearning, champion, retain, forget, cfg, run.info.run_id)
                 model, history, tensor_names = result.model, result.history, result.tensor_names
                 stop, steps = result.stop_reason, result.steps_applied
             else:
@@ -297,7 +303,8 @@ def _run_claimed(
             if cfg.shadow_models >= 2:
                 specs = shadow_specs(splits, cfg.shadow_models, cfg.seed, len(split.spec.class_names))
                 stats = shadow_references(specs)
-            evaluation = evaluate(
+            evaluation = audit.run(
+                evaluate,
                 {"original": champion.model, "retrained": reference.model, "unlearned": model},
                 splits,
                 reference_kind=kind,
@@ -307,7 +314,7 @@ def _run_claimed(
             )
             work = paths.work_dir(batch_id)
             evaluation.scores.save(work / "scores")
-            plots = make_plots(evaluation, history, tensor_names, cfg.method, work / "plots")
+            plots = audit.run(make_plots, evaluation, history, tensor_names, cfg.method, work / "plots")
             report_path = evaluation.report.write(work / "evaluation.json")
         report_dict = evaluation.report.to_dict()
         log_report_metrics(report_dict)
@@ -352,7 +359,8 @@ def _run_claimed(
                 source_version=champion.version,
             )
             metadata.pop("split", None)
-            version = register_candidate(
+            version = audit.run(
+                register_candidate,
                 name=champion.name,
                 model=model,
                 metadata=metadata,
@@ -412,8 +420,8 @@ def _run_claimed(
             verdict_rows, model_name=champion.name, model_version=model_version, evidence=evidence
         )
         maybe_fault("receipts")
-        close_requests(queue, batch_id, accepted_requests, model_version)
-        complete_candidate(champion.name, model_version)
+        audit.run(close_requests, queue, batch_id, accepted_requests, model_version)
+        audit.run(complete_candidate, champion.name, model_version)
         maybe_fault("close")
         refresh_model_card(champion.name)
         audit.delete_work_area(paths.work_dir(batch_id))

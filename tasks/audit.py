@@ -47,6 +47,8 @@ def prefect_refs() -> dict[str, str]:
     task_run = getattr(ctx, "task_run", None)
     if task_run is not None:
         refs["prefect_task_run_id"] = str(task_run.id)
+        if task_run.flow_run_id is not None:  # inside a task the context carries the task run, not the flow
+            refs.setdefault("prefect_flow_run_id", str(task_run.flow_run_id))
     return refs
 
 
@@ -59,6 +61,14 @@ class BatchAudit:
         self.hasher = hasher
         self.batch_id = batch_id
         self.mlflow_run_id = mlflow_run_id
+        self._task_runs: dict[str, str] = {}
+
+    def run(self, task: Any, *args: Any, **kwargs: Any) -> Any:
+        """Call a Prefect task and remember its task-run ID; the next ledger record names every task run
+        since the previous one, so each stage's record points at the runs that produced it."""
+        state = task(*args, return_state=True, **kwargs)
+        self._task_runs[str(task.name)] = str(state.state_details.task_run_id)
+        return state.result()
 
     def record(
         self,
@@ -74,6 +84,8 @@ class BatchAudit:
         refs = prefect_refs()
         if self.mlflow_run_id:
             refs["mlflow_run_id"] = self.mlflow_run_id
+        refs.update({f"prefect_task_run:{name}": run_id for name, run_id in self._task_runs.items()})
+        self._task_runs.clear()
         stored = {
             name: self.ledger.add_artifact(name, f"batches/{self.batch_id}/{rel}", data)
             for name, (rel, data) in (artifacts or {}).items()

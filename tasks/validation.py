@@ -31,6 +31,8 @@ import numpy as np
 import pandas as pd
 from great_expectations.data_context.types.base import ProgressBarsConfig
 from great_expectations.expectations.expectation_configuration import ExpectationConfiguration
+from prefect import task
+from prefect.cache_policies import NO_CACHE
 
 from hamu.requests import (
     RECORD_ID_PATTERN,
@@ -365,3 +367,6 @@ def validate_requests(
 def validate_manifest(manifest_df: pd.DataFrame, *, suites_dir: Path | None = None) -> SuiteRun:
     """Run the ``training_manifest`` suite: unique, well-formed record IDs; labels; 64-hex digests."""
     return run_suite(load_suite_spec(MANIFEST_SUITE, suites_dir=suites_dir), manifest_df)
+
+
+validate_requests_task = task(name="validate-requests", cache_policy=NO_CACHE)(validate_requests)

@@ -131,8 +131,17 @@ def test_report_is_filed_in_audit_mlflow_and_model_card(batch_run: dict, home: P
         assert heading in text
     assert "| accepted | 60 |" in text and "| unknown | 1 |" in text
     assert "## Cumulative drift" in text and "attacks.forget_vs_test" in text
-    steps = [r.step for r in Ledger(home / "audit").records() if r.batch_id == batch_id]
+    records = [r for r in Ledger(home / "audit").records() if r.batch_id == batch_id]
+    steps = [r.step for r in records]
     assert steps.index("report") < steps.index("receipts") < steps.index("completed")
+    by_step = {r.step: r.refs for r in records}
+    flow_run = by_step["claim"]["prefect_flow_run_id"]
+    assert all(refs.get("prefect_flow_run_id") == flow_run for refs in by_step.values())
+    assert by_step["validate"]["mlflow_run_id"] == summary["mlflow_run_id"]
+    for step, task_name in [("claim", "claim-batch"), ("validate", "validate-requests"), ("hardness", "gate"),
+                            ("unlearn", "unlearn"), ("evaluate", "evaluate-models"),
+                            ("register", "register-candidate")]:  # fmt: skip
+        assert by_step[step].get(f"prefect_task_run:{task_name}"), (step, by_step[step])
     run_files = {
         f.path for f in MlflowClient().list_artifacts(summary["mlflow_run_id"], "report") if not f.is_dir
     }
