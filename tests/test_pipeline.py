@@ -233,8 +233,11 @@ def _run_in_own_group(cmd: list[str], env: dict[str, str], log: Path) -> int:
 
 
 def _cli_env() -> dict[str, str]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    env.pop("PREFECT_API_URL", None)  # each process runs its own ephemeral Prefect server
+    """The CLI's environment: the harness's Prefect server (as a worker reports to its server; starting an
+    ephemeral server per process would cost ~10 s each), one torch thread, no fault."""
+    from prefect.settings import PREFECT_API_URL
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PREFECT_API_URL": str(PREFECT_API_URL.value())}
     env.pop("HAMU_FAULT", None)
     return env
 
