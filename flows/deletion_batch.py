@@ -38,7 +38,7 @@ from tasks.intake import claim_batch, close_requests, record_verdicts
 from tasks.lineage import drift_of, plan_batch
 from tasks.locks import BatchLock
 from tasks.models import ensure_champion, load_preset_data, retrained_reference
-from tasks.recovery import recover_dead_batches
+from tasks.recovery import clean_up_failed_batch, recover_dead_batches
 from tasks.registration import (
     complete_candidate,
     log_dataset_digests,
@@ -112,6 +112,7 @@ def deletion_batch(config: BatchConfig | None = None, batch_id: str | None = Non
         except BaseException as exc:
             queue.release_batch(batch_id)
             audit.record("failed", decision="released", reason=f"{type(exc).__name__}: {exc}"[:500])
+            clean_up_failed_batch(audit, paths.work_dir(batch_id))
             raise
         summary["stage_seconds"] = timings
         publish(summary)

@@ -13,6 +13,7 @@ Every action is a ledger record under the dead batch's ID, so the trail explains
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -90,3 +91,24 @@ def recover_dead_batches(
         finally:
             lock.release()
     return report
+
+
+def clean_up_failed_batch(audit: BatchAudit, folder: Path) -> None:
+    """After an exception (not a crash): abandon the batch's versions and delete its working area now.
+
+    Best effort, each step on its own: the forget-derived files go even when the registry is down, and an
+    error is logged rather than allowed to hide the exception that ended the batch (the next run's
+    recovery repeats whatever did not happen).
+    """
+    log = logging.getLogger(__name__)
+    try:
+        abandoned = _abandon_versions(audit.batch_id)
+        if abandoned:
+            audit.record("abandon-versions", decision="abandoned", params={"versions": abandoned})
+    except Exception:
+        log.exception("abandoning the versions of failed batch %s is left to recovery", audit.batch_id)
+    try:
+        if folder.exists():
+            audit.delete_work_area(folder)
+    except Exception:
+        log.exception("deleting the working area of failed batch %s is left to recovery", audit.batch_id)
