@@ -51,8 +51,8 @@ from common import (
     write_json,
 )
 
-from hamu.data import add_near_duplicates, load_train_test, split_rho, subset
-from hamu.train import Recipe, train_model
+from hamu.data import add_near_duplicates, split_rho
+from hamu.train import Recipe, sized_train_test, train_model
 
 METHODS = ("hamu-q", "hamu-u", "ft", "ga", "gdiff", "kl", "scrub", "neggrad+")
 RHOS = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -123,12 +123,7 @@ SETUPS: dict[str, DataSetup] = {
 
 
 def load(setup: DataSetup) -> tuple[Any, Any]:
-    train, test = load_train_test(setup.name)
-    if setup.train_size is not None:
-        train = subset(train, setup.train_size, seed=0)
-    if setup.test_size is not None:
-        test = subset(test, setup.test_size, seed=0)
-    return train, test
+    return sized_train_test(setup.name, setup.train_size, setup.test_size)
 
 
 def first_crossing(forget: list[float], target: float) -> int | None:

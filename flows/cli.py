@@ -324,11 +324,12 @@ def rollback(
     coverage = _lineage_gates(paths, audit.hasher, client.get_model_version(model, previous))[1]
     reason = f"champion {current.version} → {previous}"
     if not coverage.passed:
+        carried = f"still carries {int(coverage.value)} erased records"
         if not force:
-            audit.record("rollback", decision="refused", reason=f"{reason}: {coverage.detail}")
-            err.print(f"champion unchanged: version {previous} {coverage.detail.split(': ')[0]}")
+            audit.record("rollback", decision="refused", reason=f"{reason}: version {previous} {carried}")
+            err.print(f"champion unchanged: version {previous} {carried} (--force to roll back anyway)")
             raise typer.Exit(1)
-        reason += f"; FORCED although {coverage.detail.split(': ')[0]}"
+        reason += f"; FORCED although version {previous} {carried}"
     client.set_registered_model_alias(model, "champion", previous)
     audit.record("rollback", decision="rolled-back", reason=reason)
     refresh_model_card(model)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections import Counter
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
@@ -219,7 +220,7 @@ def _run_claimed(
                 "absent_from_source": len(plan.absent),
                 "carried_over": len(plan.carried_over),
             },
-            inputs={**digests, "source_erasures": plan.manifest_after.digest()},
+            inputs={**digests, "erasures_after": plan.manifest_after.digest()},
         )
         maybe_fault("split")
 
@@ -328,7 +329,7 @@ def _run_claimed(
         over = breaches(drift_state, budget)
         drift = {
             "state": drift_state.to_dict(),
-            "budget": {"utility": budget.utility, "mia": budget.mia, "max_batches": budget.max_batches},
+            "budget": budget.to_dict(),
             "breaches": over,
             "recommendation": (
                 ("the next batch retrains exactly" if cfg.drift_action == "retrain" else "retrain fully")
@@ -433,10 +434,7 @@ def _run_claimed(
 
 def _nothing_claimed(queue: RequestQueue, batch_id: str) -> dict[str, str]:
     """Why a run claimed nothing: an empty queue, or another running batch holds the pending work."""
-    held: dict[str, int] = {}
-    for r in queue.list(Status.CLAIMED):
-        if r.batch_id and r.batch_id != batch_id:
-            held[r.batch_id] = held.get(r.batch_id, 0) + 1
+    held = Counter(r.batch_id for r in queue.list(Status.CLAIMED) if r.batch_id and r.batch_id != batch_id)
     if not held:
         return {"status": "empty", "message": "no pending requests to handle"}
     owners = ", ".join(f"{b} ({n})" for b, n in sorted(held.items()))

@@ -42,6 +42,9 @@ class DriftBudget:
         if not (isinstance(self.max_batches, int) and self.max_batches >= 1):
             raise ValueError(f"drift budget max_batches must be an integer >= 1, got {self.max_batches!r}")
 
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
 
 @dataclass(frozen=True)
 class DriftState:

@@ -101,8 +101,7 @@ def plan_forget(
     if twice:
         raise LineageError(f"{len(twice)} accepted record(s) are already absent from the source model")
     accepted_set = set(accepted_ids)
-    carried = tuple(sorted(r for r in set(erased_before) if r in known and r not in absent))
-    carried = tuple(r for r in carried if r not in accepted_set)
+    carried = tuple(sorted(set(erased_before) & known - absent - accepted_set))
     forget = tuple(accepted_ids) + carried
     return ForgetPlan(
         forget=forget,

@@ -26,11 +26,11 @@ def redact_ids(text: str, raw_ids: Iterable[str], hasher: KeyedHasher) -> str:
     """
     wanted = {i for i in raw_ids if i}
     for odd in (i for i in wanted if _TOKEN.fullmatch(i) is None):  # IDs with separators: rare, malformed
-        text = text.replace(odd, f"<{hasher.hash(odd).split(':', 1)[-1][:16]}>")
+        text = text.replace(odd, f"<{hasher.hex(odd)[:16]}>")
 
     def swap(match: re.Match[str]) -> str:
         token = match.group(0)
-        return f"<{hasher.hash(token).split(':', 1)[-1][:16]}>" if token in wanted else token
+        return f"<{hasher.hex(token)[:16]}>" if token in wanted else token
 
     return _TOKEN.sub(swap, text)
 

@@ -4,6 +4,7 @@ batch's aggregates, redacts IDs, and files the result in the three places review
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,13 +35,11 @@ def write_batch_report(
 ) -> dict[str, str]:
     raw = {i for row in verdict_rows for i in row[:2]}
     rejected = [
-        (audit.hasher.hash(req).split(":", 1)[-1], verdict, redact_ids(reason, raw, audit.hasher))
+        (audit.hasher.hex(req), verdict, redact_ids(reason, raw, audit.hasher))
         for req, _rec, verdict, reason in verdict_rows
         if verdict != "accepted"
     ]
-    counts: dict[str, int] = {}
-    for row in verdict_rows:
-        counts[row[2]] = counts.get(row[2], 0) + 1
+    counts = Counter(row[2] for row in verdict_rows)
     links = {"MLflow run": str(summary.get("mlflow_run_id", "-"))}
     if summary.get("prefect_flow_run_id"):
         links["Prefect flow run"] = str(summary["prefect_flow_run_id"])

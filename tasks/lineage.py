@@ -18,16 +18,15 @@ from tasks.tracking import download_checkpoint
 MANIFEST_FILE = "erasures.json"
 
 
-def manifest_of(checkpoint: Path) -> ErasureManifest:
-    """The manifest stored next to a version's checkpoint; an original has none (nothing erased)."""
-    path = checkpoint.parent / MANIFEST_FILE
+def manifest_in(folder: Path) -> ErasureManifest:
+    """The manifest in a version's checkpoint folder; an original has none (nothing erased)."""
+    path = folder / MANIFEST_FILE
     return ErasureManifest.from_json(path.read_bytes()) if path.exists() else ErasureManifest()
 
 
 def still_carried(version: ModelVersion, erased_record_ids: set[str], hasher: KeyedHasher) -> int:
     """How many erased records (per the queue) a registry version does not list as erased."""
-    folder = download_checkpoint(version)
-    manifest = manifest_of(folder / MANIFEST_FILE)
+    manifest = manifest_in(download_checkpoint(version))
     return len(manifest.missing(hasher.hash(r) for r in erased_record_ids))
 
 
@@ -43,4 +42,4 @@ def plan_batch(
     source: ServedModel,
     hasher: KeyedHasher,
 ) -> ForgetPlan:
-    return plan_forget(train_ids, accepted, erased_before, manifest_of(source.checkpoint), hasher.hash)
+    return plan_forget(train_ids, accepted, erased_before, manifest_in(source.checkpoint.parent), hasher.hash)

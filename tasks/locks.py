@@ -1,8 +1,8 @@
 """Liveness of batches: a running batch holds an exclusive ``flock`` on ``work/<batch>.lock``.
 
-A claim whose lock can be taken belongs to a process that died (SIGKILL, power loss), so the next run
-releases it and the requests are picked up again. The kernel drops the lock when a process dies, however it
-dies, which a heartbeat timestamp cannot guarantee.
+A batch whose lock can be taken belongs to a process that died (SIGKILL, power loss), so the next run
+recovers it (tasks/recovery.py) and its requests are picked up again. The kernel drops the lock when a
+process dies, however it dies, which a heartbeat timestamp cannot guarantee.
 """
 
 from __future__ import annotations
@@ -10,8 +10,6 @@ from __future__ import annotations
 import fcntl
 import os
 from pathlib import Path
-
-from hamu.requests import RequestQueue, Status
 
 
 class BatchLock:
@@ -36,17 +34,3 @@ class BatchLock:
             os.close(self.fd)
             self.fd = None
             self.path.unlink(missing_ok=True)
-
-
-def release_dead_claims(queue: RequestQueue, work: Path) -> dict[str, int]:
-    """Release the claims of batches whose process is gone; returns ``batch_id → released``."""
-    released: dict[str, int] = {}
-    batches = {r.batch_id for r in queue.list(Status.CLAIMED) if r.batch_id}
-    for batch_id in sorted(batches):
-        lock = BatchLock(work, batch_id)
-        if lock.acquire():
-            try:
-                released[batch_id] = queue.release_batch(batch_id)
-            finally:
-                lock.release()
-    return released

@@ -37,18 +37,13 @@ class RecoveryReport:
         return bool(self.released or self.abandoned_versions or self.deleted_work_areas)
 
 
-def _dead_batches(queue: RequestQueue, work: Path, current: str) -> set[str]:
-    candidates = {r.batch_id for r in queue.list(Status.CLAIMED) if r.batch_id}
-    candidates |= {p.name for p in work.iterdir() if p.is_dir()} if work.exists() else set()
-    candidates |= {p.stem for p in work.glob("*.lock")} if work.exists() else set()
-    candidates.discard(current)
-    dead = set()
-    for batch_id in candidates:
-        lock = BatchLock(work, batch_id)
-        if lock.acquire():  # nobody holds it: its process is gone
-            lock.release()
-            dead.add(batch_id)
-    return dead
+def _known_batches(queue: RequestQueue, work: Path, current: str) -> set[str]:
+    """Every other batch that left a trace: claimed requests, a working area or a lock file."""
+    found = {r.batch_id for r in queue.list(Status.CLAIMED) if r.batch_id}
+    if work.exists():
+        found |= {p.name for p in work.iterdir() if p.is_dir()} | {p.stem for p in work.glob("*.lock")}
+    found.discard(current)
+    return found
 
 
 def _abandon_versions(batch_id: str) -> list[str]:
@@ -67,9 +62,9 @@ def recover_dead_batches(
     queue: RequestQueue, work: Path, audit_root: Path, hasher: KeyedHasher, current: str
 ) -> RecoveryReport:
     report = RecoveryReport()
-    for batch_id in sorted(_dead_batches(queue, work, current)):
+    for batch_id in sorted(_known_batches(queue, work, current)):
         lock = BatchLock(work, batch_id)
-        if not lock.acquire():  # it came alive between the scan and now: leave it alone
+        if not lock.acquire():  # a live batch holds it: leave it alone
             continue
         try:
             audit = BatchAudit(audit_root, hasher, batch_id)

@@ -67,8 +67,11 @@ class KeyedHasher:
         return "KeyedHasher(key=<hidden>)"
 
     def hash(self, value: str) -> str:
-        digest = hmac.new(self._key, value.encode("utf-8"), hashlib.sha256).hexdigest()
-        return self.PREFIX + digest
+        return self.PREFIX + self.hex(value)
+
+    def hex(self, value: str) -> str:
+        """The bare hex digest (no algorithm label), for short display forms such as its first 16 digits."""
+        return hmac.new(self._key, value.encode("utf-8"), hashlib.sha256).hexdigest()
 
     def hash_many(self, values: list[str]) -> list[str]:
         return [self.hash(v) for v in values]

@@ -76,7 +76,6 @@ def erasure_history(entries: Sequence[VersionEntry]) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for e in sorted(entries, key=lambda x: int(x.version) if x.version.isdigit() else 0, reverse=True):
-        erased = f"{e.erased_in_batch} / {e.erased_total}" if e.batch_id else f"0 / {e.erased_total}"
         lines.append(
             "| "
             + " | ".join(
@@ -88,7 +87,7 @@ def erasure_history(entries: Sequence[VersionEntry]) -> str:
                     e.batch_id or e.role,
                     e.source_version,
                     e.action or e.role,
-                    erased,
+                    f"{e.erased_in_batch} / {e.erased_total}",
                     e.evidence,
                     e.gates_passed,
                     e.batch_status or ("original" if not e.batch_id else ""),

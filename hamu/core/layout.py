@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Literal
 
 import torch
@@ -56,8 +57,9 @@ class FlatLayout:
     def num_segments(self) -> int:
         return len(self.names)
 
-    @property
+    @cached_property
     def sizes(self) -> list[int]:
+        """Element count of each segment (computed once: the per-view paths use it every step)."""
         return [int(torch.Size(s).numel()) for s in self.shapes]
 
     def _use_views(self, values: torch.Tensor) -> bool:
@@ -99,8 +101,7 @@ class FlatLayout:
 
     def split(self, flat: torch.Tensor) -> list[torch.Tensor]:
         """Views of ``flat`` shaped like the original tensors."""
-        sizes = [int(torch.Size(s).numel()) for s in self.shapes]
-        return [chunk.view(shape) for chunk, shape in zip(flat.split(sizes), self.shapes, strict=True)]
+        return [chunk.view(shape) for chunk, shape in zip(flat.split(self.sizes), self.shapes, strict=True)]
 
     def flatten(
         self, tensors: Sequence[torch.Tensor | None], dtype: torch.dtype | None = None

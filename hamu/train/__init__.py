@@ -14,6 +14,7 @@ from hamu.train.trainer import (
     per_example_losses,
     preset_data,
     preset_split,
+    sized_train_test,
     train_model,
     train_pair,
 )
@@ -32,6 +33,7 @@ __all__ = [
     "per_example_losses",
     "preset_data",
     "preset_split",
+    "sized_train_test",
     "train_model",
     "train_pair",
 ]

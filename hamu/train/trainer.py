@@ -327,18 +327,23 @@ def train_pair(split: Split, recipe: Recipe, *, progress: bool = True, evaluate:
     return TrainedPair(original=original, reference=reference, split=split)
 
 
-def preset_data(preset: str | Preset) -> tuple[Any, Any]:
-    """A preset's training and test sets: its dataset cut to its seeded (stratified) subset sizes."""
+def sized_train_test(dataset: str, train_size: int | None, test_size: int | None) -> tuple[Any, Any]:
+    """A dataset's training and test sets cut to seeded (stratified) subsets; ``None`` keeps every row."""
     from hamu.data.sources import load_train_test
     from hamu.data.splits import subset
 
-    p = get_preset(preset) if isinstance(preset, str) else preset
-    train, test = load_train_test(p.dataset)
-    if p.train_size is not None:
-        train = subset(train, p.train_size, seed=0)
-    if p.test_size is not None:
-        test = subset(test, p.test_size, seed=0)
+    train, test = load_train_test(dataset)
+    if train_size is not None:
+        train = subset(train, train_size, seed=0)
+    if test_size is not None:
+        test = subset(test, test_size, seed=0)
     return train, test
+
+
+def preset_data(preset: str | Preset) -> tuple[Any, Any]:
+    """A preset's training and test sets: its dataset cut to its subset sizes."""
+    p = get_preset(preset) if isinstance(preset, str) else preset
+    return sized_train_test(p.dataset, p.train_size, p.test_size)
 
 
 def preset_split(preset: str | Preset, **overrides: Any) -> Split:
