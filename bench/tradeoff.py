@@ -20,6 +20,8 @@ Usage:
   python bench/tradeoff.py --quick                    # digits, 3 seeds, ≤ 5 min on 2 cores
   python bench/tradeoff.py                            # full: fashion-mnist + tweets, 3 seeds, ≤ 60 min
   python bench/tradeoff.py --datasets fashion-mnist --seeds 0 --steps 150   # a slice
+  python bench/tradeoff.py --verdicts-from bench/out/full-tradeoff.json   # re-derive verdicts only
+  python bench/tradeoff.py --verdicts-from docs/results.md   # ... from the full tables printed there
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import json
 import statistics
 import sys
 import time
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -56,6 +59,7 @@ from hamu.train import Recipe, sized_train_test, train_model
 
 METHODS = ("hamu-q", "hamu-u", "ft", "ga", "gdiff", "kl", "scrub", "neggrad+")
 RHOS = (0.0, 0.25, 0.5, 0.75, 1.0)
+Range = tuple[float, float]  # (min, max) of one method's per-seed retain costs
 
 
 @dataclass(frozen=True)
@@ -304,6 +308,88 @@ def spread(values: list[float]) -> str:
     return f"{med:+.3f} [{min(vals):+.3f}, {max(vals):+.3f}]"
 
 
+def compare_ranges(a: Range, b: Range) -> int:
+    """Which of two methods has the lower retain cost across seeds, judged by the seeds' ranges alone.
+
+    ``a`` and ``b`` are closed ranges ``(min, max)`` of the per-seed costs (one seed: ``(x, x)``). Returns
+    -1 when ``a`` is lower (its whole range lies below ``b``'s: ``max(a) < min(b)``), +1 when ``b`` is lower,
+    and 0 for a tie: the ranges overlap or touch, *whichever median is lower*. The rule is symmetric,
+    ``compare_ranges(a, b) == -compare_ranges(b, a)``, so neither method gets the benefit of the doubt.
+    """
+    (a_lo, a_hi), (b_lo, b_hi) = a, b
+    if not (a_lo <= a_hi and b_lo <= b_hi):  # also rejects NaN
+        raise ValueError(f"not a (min, max) range: {a} vs {b}")
+    if a_hi < b_lo:
+        return -1
+    if b_hi < a_lo:
+        return 1
+    return 0
+
+
+def setting_verdict(
+    ranges: Mapping[str, Range], medians: Mapping[str, float], subject: str = "hamu-q"
+) -> str:
+    """The verdict for one setting: ``subject`` against every other method that reached the target in
+    every seed (the methods in ``ranges``), each pair judged by :func:`compare_ranges`.
+
+    * ``"<subject> missed the target in some seed"`` when ``subject`` has no range;
+    * ``"<m>, … lower"`` when some method's whole range lies below ``subject``'s;
+    * else ``"tie within spread with <m>, …"`` when some ranges overlap ``subject``'s;
+    * else ``"<subject> lowest"`` (its range lies below every other one, or no other method got there).
+
+    Medians only order the names listed (lowest first, then by name); they never decide the outcome.
+    """
+    if subject not in ranges:
+        return f"{subject} missed the target in some seed"
+    others = sorted((m for m in ranges if m != subject), key=lambda m: (medians.get(m, float("inf")), m))
+    outcome = {m: compare_ranges(ranges[m], ranges[subject]) for m in others}
+    lower = [m for m in others if outcome[m] < 0]
+    tied = [m for m in others if outcome[m] == 0]
+    if lower:
+        return f"{', '.join(lower)} lower"
+    if tied:
+        return f"tie within spread with {', '.join(tied)}"
+    return f"{subject} lowest"
+
+
+def verdict_record(
+    ds: str, setting: str, rho: float, meds: Mapping[str, float], ranges: Mapping[str, Range]
+) -> dict[str, Any]:
+    """One row of the verdict table; "best baseline" is the other method with the lowest median (for
+    reference; the verdict itself is :func:`setting_verdict`)."""
+    others = {m: v for m, v in meds.items() if m != "hamu-q"}
+    best_other = min(others, key=lambda m: others[m]) if others else None
+    return {
+        "dataset": ds,
+        "setting": setting,
+        "rho": rho,
+        "verdict": setting_verdict(ranges, meds),
+        "hamu_q": meds.get("hamu-q"),
+        "best_other": best_other,
+        "best_other_cost": others.get(best_other) if best_other else None,
+        "ranges": dict(ranges),
+    }
+
+
+def verdict_table(settings: list[dict[str, Any]], floatfmt: str = ".4f") -> str:
+    return table(
+        [
+            {
+                "dataset": v["dataset"],
+                "setting": v["setting"],
+                "rho": f"{v['rho']:g}",
+                "hamu-q ΔL_r@target": v["hamu_q"] if v["hamu_q"] is not None else "—",
+                "best baseline": v["best_other"] or "none reached",
+                "its ΔL_r@target": v["best_other_cost"] if v["best_other_cost"] is not None else "—",
+                "verdict": v["verdict"],
+            }
+            for v in settings
+        ],
+        ["dataset", "setting", "rho", "hamu-q ΔL_r@target", "best baseline", "its ΔL_r@target", "verdict"],
+        floatfmt,
+    )
+
+
 def summarise(rows: list[dict[str, Any]], args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
     """Per (dataset, setting, ρ, method): seeds reaching the target and the retain cost with its spread."""
     from scipy.stats import pearsonr
@@ -341,45 +427,9 @@ def summarise(rows: list[dict[str, Any]], args: argparse.Namespace) -> tuple[str
                     "AUC gap": spread(gaps) if gaps else "",
                 }
             )
-        hq = meds.get("hamu-q")
-        others = {m: v for m, v in meds.items() if m != "hamu-q"}
-        best_other = min(others, key=lambda m: others[m]) if others else None
-        if hq is None:
-            verdict = "hamu-q missed the target in some seed"
-        elif best_other is None or hq <= others[best_other]:
-            verdict = "hamu-q lowest"
-        elif ranges["hamu-q"][0] <= ranges[best_other][1]:
-            verdict = f"tie within spread with {best_other}"
-        else:
-            verdict = f"{best_other} lower"
-        verdicts["settings"].append(
-            {
-                "dataset": ds,
-                "setting": setting,
-                "rho": rho,
-                "verdict": verdict,
-                "hamu_q": hq,
-                "best_other": best_other,
-                "best_other_cost": others.get(best_other) if best_other else None,
-            }
-        )
+        verdicts["settings"].append(verdict_record(ds, setting, rho, meds, ranges))
     text = table(out, list(out[0].keys()) if out else [])
-    vtab = table(
-        [
-            {
-                "dataset": v["dataset"],
-                "setting": v["setting"],
-                "rho": f"{v['rho']:g}",
-                "hamu-q ΔL_r@target": v["hamu_q"] if v["hamu_q"] is not None else "—",
-                "best baseline": v["best_other"] or "none reached",
-                "its ΔL_r@target": v["best_other_cost"] if v["best_other_cost"] is not None else "—",
-                "verdict": v["verdict"],
-            }
-            for v in verdicts["settings"]
-        ],
-        ["dataset", "setting", "rho", "hamu-q ΔL_r@target", "best baseline", "its ΔL_r@target", "verdict"],
-        ".4f",
-    )
+    vtab = verdict_table(verdicts["settings"])
     ptxt = []
     for ds in sorted({r["dataset"] for r in rows}):
         plain = [
@@ -400,6 +450,105 @@ def summarise(rows: list[dict[str, Any]], args: argparse.Namespace) -> tuple[str
             + ", ".join(f"{rho:g}:{k:+.4f}" for rho, k in zip(rhos, kbar, strict=True))
         )
     return text + "\n\n" + vtab + "\n\n" + "\n".join(ptxt), verdicts
+
+
+def parse_spread(cell: str) -> tuple[float, float, float] | None:
+    """Read a :func:`spread` cell back: ``"-0.111 [-0.111, -0.085]"`` → (median, min, max); a single seed's
+    ``"-0.241"`` → (x, x, x); ``"—"`` or empty → None."""
+    cell = cell.strip()
+    if cell in ("", "—"):
+        return None
+    med, _, rest = cell.partition(" [")
+    if not rest:
+        return float(med), float(med), float(med)
+    lo, hi = rest.rstrip("]").split(",")
+    return float(med), float(lo), float(hi)
+
+
+def markdown_tables(text: str) -> Iterator[tuple[list[str], list[list[str]]]]:
+    """Every pipe table in ``text``: its header cells and its data rows' cells."""
+    block: list[list[str]] = []
+    for line in [*text.splitlines(), ""]:
+        if line.startswith("|"):
+            block.append([c.strip() for c in line.strip().strip("|").split("|")])
+            continue
+        if len(block) >= 2:
+            yield block[0], block[2:]
+        block = []
+
+
+SettingKey = tuple[str, str, float]
+
+
+def settings_from_markdown(text: str) -> tuple[list[dict[str, Any]], dict[SettingKey, str]]:
+    """Verdict records recomputed from the full tables this script prints (pasted into docs/results.md):
+    their "reached" and "ΔL_r@target med [min,max]" columns hold each method's per-seed median and range,
+    rounded to 3 decimals. Also returns the verdicts the text's verdict tables print, to compare."""
+    stats: dict[SettingKey, dict[str, tuple[float, float, float]]] = {}
+    old: dict[SettingKey, str] = {}
+    seen: set[tuple[SettingKey, str]] = set()
+    for header, rows in markdown_tables(text):
+        if "verdict" in header:
+            for cells in rows:
+                rec = dict(zip(header, cells, strict=True))
+                old[(rec["dataset"], rec["setting"], float(rec["rho"]))] = rec["verdict"]
+        if "ΔL_r@target med [min,max]" not in header:
+            continue
+        for cells in rows:
+            rec = dict(zip(header, cells, strict=True))
+            key = (rec["dataset"], rec["setting"], float(rec["rho"]))
+            if (key, rec["method"]) in seen:
+                raise ValueError(f"{key} {rec['method']} appears in two full tables")
+            seen.add((key, rec["method"]))
+            reached, n_seeds = (int(x) for x in rec["reached"].split("/"))
+            got = parse_spread(rec["ΔL_r@target med [min,max]"])
+            bucket = stats.setdefault(key, {})
+            if got is not None and reached == n_seeds:
+                bucket[rec["method"]] = got
+    settings = [
+        verdict_record(
+            *key,
+            {m: v[0] for m, v in by_method.items()},
+            {m: (v[1], v[2]) for m, v in by_method.items()},
+        )
+        for key, by_method in sorted(stats.items())
+    ]
+    return settings, old
+
+
+def rederive_verdicts(path: Path) -> str:
+    """``--verdicts-from``: the verdict tables recomputed with :func:`setting_verdict` from a stored run,
+    either ``bench/out/<tag>tradeoff.json`` (raw per-seed rows) or a Markdown file holding the printed full
+    tables (docs/results.md), followed by every verdict that differs from the one stored with it."""
+    text = path.read_text()
+    if path.suffix == ".json":
+        payload = json.loads(text)
+        rows = payload["rows"]
+        methods = payload.get("args", {}).get("methods") or sorted({r["method"] for r in rows})
+        _, verdicts = summarise(rows, argparse.Namespace(methods=methods))
+        settings = verdicts["settings"]
+        old = {(v["dataset"], v["setting"], v["rho"]): v["verdict"] for v in payload["verdicts"]["settings"]}
+        floatfmt, source = ".4f", "raw per-seed rows"
+    else:
+        settings, old = settings_from_markdown(text)
+        floatfmt, source = ".3f", "the printed full tables (median [min, max], 3 decimals)"
+    out = [f"verdicts recomputed from {path} ({source}); symmetric rule: overlapping or touching ranges tie"]
+    for ds in sorted({v["dataset"] for v in settings}):
+        out += ["", verdict_table([v for v in settings if v["dataset"] == ds], floatfmt)]
+    changes, touching = [], []
+    for v in settings:
+        key = (v["dataset"], v["setting"], v["rho"])
+        name = f"{key[0]} {key[1]} ρ={key[2]:g}"
+        if key in old and old[key] != v["verdict"]:
+            changes.append(f"  {name}: {old[key]} → {v['verdict']}")
+        hq = v["ranges"].get("hamu-q")
+        for m, r in v["ranges"].items():
+            if hq is not None and m != "hamu-q" and (hq[1] == r[0] or r[1] == hq[0]):
+                touching.append(f"  {name}: hamu-q {list(hq)} and {m} {list(r)} touch (tie)")
+    out += ["", f"changed verdicts ({len(changes)} of {len(old)} stored):", *changes]
+    if touching:
+        out += ["ranges that only touch at this precision (a tie by the rule):", *touching]
+    return "\n".join(out)
 
 
 def plot(plots: dict[str, Any], target: float, prefix: str) -> list[Path]:
@@ -474,7 +623,17 @@ def main() -> None:
     parser.add_argument("--test-size", type=int, default=0, help="override the test subset (0: setup's)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--tag", default="", help="prefix of the output files")
+    parser.add_argument(
+        "--verdicts-from",
+        type=Path,
+        metavar="PATH",
+        help="only recompute the verdicts from a stored <tag>tradeoff.json or a Markdown file with the "
+        "printed full tables (docs/results.md), and list the ones that change; runs nothing",
+    )
     args = parser.parse_args()
+    if args.verdicts_from:
+        print(rederive_verdicts(args.verdicts_from))
+        return
     if args.quick:
         args.datasets, args.steps, args.tag = "digits", min(args.steps or 150, 150), args.tag or "quick-"
     set_threads(args.threads)
