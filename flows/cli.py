@@ -51,31 +51,90 @@ def requests_submit(
     console.print(f"queued {result.count} requests from {path} (sha256 {result.sha256[:12]})")
 
 
+#: What ``requests list --status`` takes: the stored statuses in life-cycle order, then the derived one.
+_LISTABLE = ("pending", "claimed", "unlearned", "erased", "rejected", "overdue")
+_REQUEST_FIELDS = ("request_id", "record_id", "reason", "status", "verdict", "batch_id", "model_version")
+_SECONDS_PER_DAY = 86_400
+
+
 @requests_app.command("list")
 def requests_list(
-    status: str | None = typer.Option(None, help="pending, claimed, rejected or erased"),
+    status: str | None = typer.Option(
+        None, help="pending, claimed, unlearned, erased, rejected, or overdue (unlearned past the deadline)"
+    ),
+    deadline_days: float | None = typer.Option(
+        None,
+        "--deadline-days",
+        help="days an unlearned request may wait for a promotion before it is overdue "
+        "(default: $HAMU_PROMOTION_DEADLINE_DAYS, else 30)",
+    ),
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
 ) -> None:
-    """Show the queue, with each request's status, verdict and batch."""
-    from hamu.requests import RequestQueue, Status
+    """Show the queue: each request's status, verdict, batch, and how long unlearned ones await promotion.
 
-    if status is not None and status not in {s.value for s in Status}:
-        err.print(f"unknown status {status!r}; accepted: {', '.join(s.value for s in Status)}")
+    A request is unlearned once a candidate lacks its record, erased once a promoted version does.
+    Overdue (unlearned past the deadline) is computed now, not stored: a new deadline applies at once.
+    """
+    from datetime import UTC, datetime
+
+    from hamu.requests import RequestQueue
+
+    if status is not None and status not in _LISTABLE:
+        err.print(f"unknown status {status!r}; accepted: {', '.join(_LISTABLE)}")
         raise typer.Exit(2)
+    deadline = _promotion_deadline(deadline_days)
     paths = configure_environment()
+    now = datetime.now(UTC)
     with RequestQueue(paths.requests_url) as queue:
-        rows = queue.list(status)
-    fields = ("request_id", "record_id", "reason", "status", "verdict", "batch_id", "model_version")
-    records = [{f: _plain(getattr(r, f, None)) for f in fields} for r in rows]
+        rows = queue.list_overdue(deadline, now=now) if status == "overdue" else queue.list(status)
+    records = [_request_record(r, deadline, now) for r in rows]
     if as_json:
         typer.echo(json.dumps(records, indent=2))
         return
+    fields = (*_REQUEST_FIELDS, "pending_promotion_days", "overdue")
     table = Table(title=f"{len(records)} requests")
     for f in fields:
         table.add_column(f)
     for rec in records:
-        table.add_row(*(str(rec[f] or "") for f in fields))
+        table.add_row(*(_cell(rec[f]) for f in fields))
     console.print(table)
+
+
+def _promotion_deadline(days: float | None) -> Any:
+    """``--deadline-days``, else ``$HAMU_PROMOTION_DEADLINE_DAYS``, else 30 days (a ``timedelta``).
+
+    A bad value exits 2 naming where it came from, rather than quietly listing nothing as overdue.
+    """
+    import os
+
+    from hamu.requests import PROMOTION_DEADLINE_ENV, promotion_deadline
+
+    value: float | str | None = days
+    source = "--deadline-days"
+    if days is None:
+        value, source = os.environ.get(PROMOTION_DEADLINE_ENV), PROMOTION_DEADLINE_ENV
+    try:
+        return promotion_deadline(value)
+    except ValueError as exc:
+        err.print(f"bad {source}: {exc}")
+        raise typer.Exit(2) from None
+
+
+def _request_record(request: Any, deadline: Any, now: Any) -> dict[str, Any]:
+    """One request as listed: its stored fields, days awaiting promotion (unlearned only), and overdue."""
+    waited = request.pending_promotion(now)
+    days = None if waited is None else round(waited.total_seconds() / _SECONDS_PER_DAY, 1)
+    record = {f: _plain(getattr(request, f)) for f in _REQUEST_FIELDS}
+    return {**record, "pending_promotion_days": days, "overdue": request.is_overdue(deadline, now)}
+
+
+def _cell(value: Any) -> str:
+    """A table cell: empty for none, ``true``/``false`` for flags (so ``False`` and ``0.0`` still show)."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return str(value).lower()
+    return f"{value:.1f}" if isinstance(value, float) else str(value)
 
 
 def _plain(value: Any) -> Any:
@@ -90,6 +149,7 @@ def batch_run(
     max_steps: int = typer.Option(100, help="unlearning step budget"),
     shadow_models: int = typer.Option(2, help="LiRA reference models (0: off)"),
     gate_policy: str = typer.Option("stop", help="stop or warn when hardness argues against unlearning"),
+    exact: bool = typer.Option(False, "--exact", help="retrain exactly instead of unlearning"),
 ) -> None:
     """Run the deletion-batch flow now (ephemeral Prefect, or PREFECT_API_URL when set)."""
     configure_environment()
@@ -103,6 +163,7 @@ def batch_run(
             max_steps=max_steps,
             shadow_models=shadow_models,
             gate_policy=gate_policy,
+            exact=exact,
         )
     except ValueError as exc:
         err.print(f"[red]bad parameters[/red]: {exc}")
@@ -235,81 +296,82 @@ def _audit_for(batch_id: str) -> Any:
 def promote(
     batch: str = typer.Option(..., "--batch", help="the batch whose candidate should become champion"),
     utility_budget: float = typer.Option(0.02, help="largest allowed test-accuracy drop vs the original"),
-    ks_max: float | None = typer.Option(None, help="largest allowed KS D (default: the report's band)"),
+    accept_insufficient_evidence: bool = typer.Option(
+        False,
+        "--accept-insufficient-evidence",
+        help="promote although the attacks cannot tell the original from the reference (needs --reason)",
+    ),
+    reason: str | None = typer.Option(None, "--reason", help="why insufficient evidence is accepted"),
 ) -> None:
-    """Move `champion` to the batch's model version only if every gate passes; record the decision."""
-    from mlflow import MlflowClient
+    """Move `champion` to the batch's candidate only if every gate passes; its requests become erased.
 
-    from hamu.promotion import promotion_gates
-    from tasks.registration import refresh_model_card
-    from tasks.tracking import alias_version, ensure_experiment
-
-    paths, audit = _audit_for(batch)
-    report_path = paths.audit / "batches" / batch / "evaluation.json"
-    if not report_path.exists():
-        err.print(f"no evaluation report for batch {batch!r} ({report_path})")
-        raise typer.Exit(2)
-    ensure_experiment(paths)
-    client = MlflowClient()
-    found = client.search_model_versions(f"tags.batch_id = '{batch}'")
-    if len(found) != 1:
-        err.print(f"expected one model version tagged batch_id={batch!r}, found {len(found)}")
-        raise typer.Exit(2)
-    candidate = found[0]
-    gates = promotion_gates(json.loads(report_path.read_text()), utility_budget=utility_budget, ks_max=ks_max)
-    gates += _lineage_gates(paths, audit.hasher, candidate)
-    table = Table(title=f"promotion gates: {candidate.name} v{candidate.version}")
-    for col in ("gate", "passed", "value", "limit", "detail"):
-        table.add_column(col)
-    for g in gates:
-        table.add_row(
-            g.name, "yes" if g.passed else "[red]NO[/red]", f"{g.value:.4g}", f"{g.limit:.4g}", g.detail
-        )
-    console.print(table)
-    previous = alias_version(candidate.name, "champion")
-    params = {"gates": [g.to_dict() for g in gates], "candidate": str(candidate.version)}
-    if not all(g.passed for g in gates):
-        failed = ", ".join(f"{g.name} ({g.value:.4g} vs {g.limit:.4g})" for g in gates if not g.passed)
-        audit.record("promote", decision="refused", reason=f"failed gates: {failed}", params=params)
-        err.print(f"champion unchanged: failed gates: {failed}")
-        raise typer.Exit(1)
-    prev = str(previous.version) if previous else ""
-    client.set_model_version_tag(candidate.name, candidate.version, "previous_champion", prev)
-    client.set_registered_model_alias(candidate.name, "champion", candidate.version)
-    audit.record("promote", decision="promoted", reason=f"previous champion {prev or '-'}", params=params)
-    refresh_model_card(candidate.name)
-    console.print(f"champion: {candidate.name} v{candidate.version} (previous: {prev or '-'})")
-
-
-def _lineage_gates(paths: Any, hasher: Any, version: Any) -> list[Any]:
-    from hamu.promotion import lineage_gates
+    A refused promotion changes nothing (aliases, queue and ledger stay as they were) and names every
+    gate that did not pass.
+    """
+    from hamu.promotion import PromotionInputError, check_override
     from hamu.requests import RequestQueue
-    from tasks.lineage import still_carried
+    from hamu.verdict import GatePolicy
+    from tasks.promotion import PromotionRefused, candidate_version, judge, read_batch
+    from tasks.promotion import promote as promote_version
+    from tasks.tracking import ensure_experiment
 
+    try:
+        override = check_override(accept_insufficient_evidence, reason)
+        policy = GatePolicy(utility_budget=utility_budget)
+    except (PromotionInputError, ValueError) as exc:
+        err.print(f"[red]bad parameters[/red]: {exc}")
+        raise typer.Exit(2) from None
+    paths, audit = _audit_for(batch)
+    ensure_experiment(paths)
+    try:
+        evidence = read_batch(paths.audit, batch)
+        candidate = candidate_version(batch)
+    except PromotionRefused as exc:
+        err.print(f"champion unchanged: {exc}")
+        raise typer.Exit(2) from None
     with RequestQueue(paths.requests_url) as queue:
-        erased = queue.erased_record_ids()
-    return lineage_gates(
-        batch_status=(version.tags or {}).get("batch_status", ""),
-        still_carried=still_carried(version, erased, hasher),
-        erased_total=len(erased),
+        verdict, decision = judge(
+            evidence,
+            candidate,
+            queue,
+            audit.hasher,
+            policy=policy,
+            accept_insufficient_evidence=accept_insufficient_evidence,
+        )
+        _print_gates(f"promotion gates: {candidate.name} v{candidate.version}", decision.gates)
+        console.print(f"evidence: {verdict.evidence} ({verdict.evidence_reason})")
+        if not decision.allowed:
+            err.print(f"champion unchanged: not promotable: {decision.refusal}")
+            raise typer.Exit(1)
+        previous, erased = promote_version(audit, queue, candidate, verdict, decision, override)
+    note = " (insufficient evidence accepted: recorded)" if decision.override_used else ""
+    console.print(
+        f"champion: {candidate.name} v{candidate.version} (previous: {previous or '-'}); "
+        f"{erased} requests erased{note}"
     )
 
 
+def _print_gates(title: str, gates: Any) -> None:
+    table = Table(title=title)
+    for col in ("gate", "status", "detail"):
+        table.add_column(col)
+    for g in gates:
+        status = g.status if g.status == "pass" else f"[red]{g.status.upper()}[/red]"
+        table.add_row(g.name, status, g.reason)
+    console.print(table)
+
+
 @app.command()
-def rollback(
-    model: str = typer.Option(..., "--model", help="registered model name"),
-    force: bool = typer.Option(
-        False, help="roll back even if the previous champion still carries erased records (recorded)"
-    ),
-) -> None:
+def rollback(model: str = typer.Option(..., "--model", help="registered model name")) -> None:
     """Restore the champion that the current champion replaced; record the rollback.
 
-    Refused when the previous champion still carries records erased since (rolling back would serve them
-    again), unless ``--force``, which the audit record states with the count.
+    Refused, with no override, when the previous champion still carries any erased record: rolling back
+    would serve erased data again. A refusal changes nothing.
     """
     from mlflow import MlflowClient
 
-    from tasks.registration import refresh_model_card
+    from hamu.requests import RequestQueue
+    from tasks.promotion import removed_by
     from tasks.tracking import alias_version, ensure_experiment
 
     paths = configure_environment()
@@ -321,17 +383,20 @@ def rollback(
         raise typer.Exit(1)
     _, audit = _audit_for(str((current.tags or {}).get("batch_id", "rollback")))
     client = MlflowClient()
-    coverage = _lineage_gates(paths, audit.hasher, client.get_model_version(model, previous))[1]
-    reason = f"champion {current.version} → {previous}"
-    if not coverage.passed:
-        carried = f"still carries {int(coverage.value)} erased records"
-        if not force:
-            audit.record("rollback", decision="refused", reason=f"{reason}: version {previous} {carried}")
-            err.print(f"champion unchanged: version {previous} {carried} (--force to roll back anyway)")
-            raise typer.Exit(1)
-        reason += f"; FORCED although version {previous} {carried}"
+    with RequestQueue(paths.requests_url) as queue:
+        erased = queue.served_erased_record_ids()
+    target = client.get_model_version(model, previous)
+    carried = len(erased - removed_by(target, erased, audit.hasher))
+    if carried:
+        err.print(
+            f"champion unchanged: version {previous} still carries {carried} of {len(erased)} erased "
+            "records; rolling back would serve them again"
+        )
+        raise typer.Exit(1)
     client.set_registered_model_alias(model, "champion", previous)
-    audit.record("rollback", decision="rolled-back", reason=reason)
+    audit.record("rollback", decision="rolled-back", reason=f"champion {current.version} → {previous}")
+    from tasks.registration import refresh_model_card
+
     refresh_model_card(model)
     console.print(f"champion: {model} v{previous} (was v{current.version})")
 

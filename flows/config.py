@@ -8,6 +8,7 @@ from pydantic import BaseModel, Field, field_validator
 
 from hamu.drift import DriftBudget
 from hamu.methods import METHODS
+from hamu.verdict import GatePolicy
 
 
 class BatchConfig(BaseModel):
@@ -25,18 +26,25 @@ class BatchConfig(BaseModel):
     hardness_batches: int = Field(3, ge=1, le=50)
     gate_policy: Literal["stop", "warn"] = Field("stop", description="hardness verdict against unlearning")
     cost_aware: bool = Field(True, description="retrain exactly when that is predicted to be cheaper")
+    exact: bool = Field(False, description="retrain exactly whatever hardness and cost say")
     train_reference: bool = Field(True, description="train the exact retrained reference when absent")
     eval_retain_rows: int = Field(3000, ge=100, description="retain rows used for evaluation")
     shadow_models: int = Field(2, ge=0, le=64, description="LiRA reference models (0 turns LiRA off)")
     max_requests: int | None = Field(None, ge=1)
     seed: int = 0
-    utility_budget: float = Field(0.02, ge=0, description="promotion gate: test-accuracy drop allowed")
+    utility_budget: float = Field(
+        0.02, ge=0, description="verdict gate: test-accuracy drop allowed against the retrained reference"
+    )
     drift_utility_budget: float = Field(0.03, ge=0, description="cumulative test-accuracy deficit allowed")
     drift_mia_budget: float = Field(0.15, ge=0, description="cumulative Σ|AUC gap| allowed")
     drift_max_batches: int = Field(20, ge=1, description="unlearning batches between exact retrains")
     drift_action: Literal["recommend", "retrain"] = Field(
         "recommend", description="over budget: recommend a full retrain, or retrain exactly in the next batch"
     )
+
+    def verdict_policy(self) -> GatePolicy:
+        """The verdict's policy for this batch: default bands, this batch's utility budget."""
+        return GatePolicy(utility_budget=self.utility_budget)
 
     def drift_budget(self) -> DriftBudget:
         return DriftBudget(self.drift_utility_budget, self.drift_mia_budget, self.drift_max_batches)

@@ -27,18 +27,18 @@ from hamu.data import split_by_ids
 from hamu.drift import advance, batch_gaps, breaches
 from hamu.evaluation import MissingReferenceError, ReferenceSpec, ReferenceStats
 from hamu.models.checkpoint import tensors_digest as _tensors_digest
-from hamu.promotion import promotion_gates
 from hamu.requests import RequestQueue, Status
+from hamu.verdict import RunFacts, decide
 from tasks.audit import BatchAudit
 from tasks.batch_report import write_batch_report
 from tasks.env import configure_environment
-from tasks.evaluation import evaluate, make_plots, shadow_specs, train_shadow
+from tasks.evaluation import evaluate, make_plots, own_inputs, shadow_specs, train_shadow
 from tasks.faults import check_fault_spec, maybe_fault
 from tasks.hardness import assess, gate
 from tasks.intake import claim_batch, close_requests, record_verdicts
 from tasks.lineage import drift_of, plan_batch
 from tasks.locks import BatchLock
-from tasks.models import ensure_champion, load_preset_data, retrained_reference
+from tasks.models import candidate_source, ensure_champion, load_preset_data, retrained_reference
 from tasks.recovery import clean_up_failed_batch, recover_dead_batches
 from tasks.registration import (
     complete_candidate,
@@ -186,7 +186,7 @@ def _run_claimed(
                     hardness={},
                     decision={},
                     evaluation=None,
-                    gates=[],
+                    verdict=None,
                     drift={},
                     plots={},
                     folder=paths.work_dir(batch_id) / "report",
@@ -282,6 +282,7 @@ def _run_claimed(
                     raise MissingReferenceError("retraining was chosen but only a proxy reference exists")
                 model, seconds, stop, steps = reference.model, ref_seconds, "retrained", 0
         mlflow.log_metrics({"unlearn_seconds": seconds, "steps_applied": float(steps)})
+        champion_weights, candidate_weights = tensors_digest(champion.model), tensors_digest(model)
         audit.record(
             "unlearn",
             decision=decision.action,
@@ -290,8 +291,8 @@ def _run_claimed(
                 "method": cfg.method if decision.action == "unlearn" else "exact-retrain",
                 "steps": steps,
             },
-            inputs={"champion_weights": tensors_digest(champion.model)},
-            outputs={"weights": tensors_digest(model)},
+            inputs={"champion_weights": champion_weights},
+            outputs={"weights": candidate_weights},
         )
         maybe_fault("unlearn")
 
@@ -301,6 +302,9 @@ def _run_claimed(
                 gen.choice(len(retain[1]), size=min(cfg.eval_retain_rows, len(retain[1])), replace=False)
             )
             splits = {"retain": (retain[0][keep], retain[1][keep]), "forget": forget, "test": test}
+            source = candidate_source(champion, reference, decision.action)  # the candidate's featurizer
+            featurizers = {"retrained": reference.featurizer, "unlearned": source.featurizer}
+            own = own_inputs(split, featurizers, feat, keep)  # text retrains read their own vocabulary
             stats = None
             if cfg.shadow_models >= 2:
                 specs = shadow_specs(splits, cfg.shadow_models, cfg.seed, len(split.spec.class_names))
@@ -313,6 +317,7 @@ def _run_claimed(
                 stats=stats,
                 digests=digests,
                 seed=cfg.seed,
+                model_inputs=own,
             )
             work = paths.work_dir(batch_id)
             evaluation.scores.save(work / "scores")
@@ -320,8 +325,23 @@ def _run_claimed(
             report_path = evaluation.report.write(work / "evaluation.json")
         report_dict = evaluation.report.to_dict()
         log_report_metrics(report_dict)
-        passed = evaluation.report.passed("unlearned")
-        out.update(evidence=evaluation.report.evidence_level, gates_passed=passed)
+        facts = RunFacts(
+            action=decision.action,
+            steps_applied=steps,
+            candidate_weights=candidate_weights,
+            original_weights=champion_weights,
+        )
+        verdict = decide(report_dict, facts, policy=cfg.verdict_policy())
+        passed = verdict.passed
+        out.update(
+            evidence=verdict.evidence,
+            gates_passed=passed,
+            verdict=verdict.status,
+            verdict_reason=verdict.reason,
+        )
+        mlflow.set_tags(
+            {"verdict": verdict.status, "evidence": verdict.evidence, "gates_passed": str(passed)}
+        )
         deficit, auc_gap = batch_gaps(report_dict)
         drift_state = advance(
             source_drift, exact=decision.action == "retrain", utility_deficit=deficit, auc_gap=auc_gap
@@ -340,19 +360,18 @@ def _run_claimed(
         }
         out["drift"] = drift
         mlflow.log_metrics({f"drift.{k}": float(v) for k, v in drift_state.to_dict().items()})
-        gates = [g.to_dict() for g in promotion_gates(report_dict, utility_budget=cfg.utility_budget)]
         audit.record(
             "evaluate",
-            decision="pass" if passed else "fail",
-            reason=f"evidence {evaluation.report.evidence_level}",
-            params={"drift": drift, "gates": gates},
+            decision=verdict.status,
+            reason=f"evidence {verdict.evidence}: {verdict.reason}"[:2000],
+            params={"drift": drift, "verdict": verdict.to_dict()},
             artifacts={"evaluation": ("evaluation.json", report_path.read_bytes())},
         )
         out["report_path"] = str(paths.audit / "batches" / batch_id / "evaluation.json")
         maybe_fault("evaluate")
 
         with _timed(timings, "register"):
-            metadata = dict(champion.metadata)
+            metadata = dict(source.metadata)  # a retrain carries the reference's featurizer and config
             metadata.update(
                 role="unlearned" if decision.action == "unlearn" else "retrained",
                 data_digest=split.retain_digest,
@@ -366,7 +385,7 @@ def _run_claimed(
                 name=champion.name,
                 model=model,
                 metadata=metadata,
-                example=test[0][:2],
+                example=source.featurizer.encode(split.test.select(range(2))),
                 report_path=report_path,
                 manifest=plan.manifest_after,
                 tags={
@@ -376,7 +395,8 @@ def _run_claimed(
                     "code_version": audit.ledger.records()[-1].code_version,
                     "action": decision.action,
                     "gates_passed": str(passed),
-                    "evidence": evaluation.report.evidence_level,
+                    "verdict": verdict.status,
+                    "evidence": verdict.evidence,
                     "erased_in_batch": str(len(accepted_requests)),
                     "carried_over": str(len(plan.carried_over)),
                     "retrain_recommended": "; ".join(over)[:500],
@@ -405,7 +425,7 @@ def _run_claimed(
                 hardness=report.to_dict(),
                 decision=decision.to_dict(),
                 evaluation=report_dict,
-                gates=gates,
+                verdict=verdict.to_dict(),
                 drift=drift,
                 plots=plots,
                 folder=work / "report",
@@ -413,10 +433,12 @@ def _run_claimed(
         )
         maybe_fault("report")
         evidence = {
-            "model_passed_bands": passed,
-            "evidence_strength": evaluation.report.evidence_level,
+            "status": "pending promotion: the candidate no longer carries the record; the served model "
+            "does until `hamu promote` moves champion to it (a second receipt is issued then)",
+            "verdict": verdict.status,
+            "gates_passed": passed,
+            "evidence": verdict.evidence,
             "action": decision.action,
-            "promotion": "candidate (champion moves only through `hamu promote`)",
         }
         audit.issue_receipts(
             verdict_rows, model_name=champion.name, model_version=model_version, evidence=evidence

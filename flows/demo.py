@@ -62,7 +62,7 @@ def run_demo(
     out.print(
         f"\n[bold]batch {summary['batch_id']}[/bold] finished in {elapsed:.1f} s: {summary.get('status')}"
     )
-    for key in ("verdicts", "hardness_verdict", "action", "reason", "evidence", "gates_passed"):
+    for key in ("verdicts", "hardness_verdict", "action", "reason", "verdict", "evidence", "gates_passed"):
         out.print(f"  {key}: {summary.get(key)}")
     out.print(
         f"  registered model: {summary.get('model_name')} version {summary.get('model_version')} "
@@ -73,6 +73,31 @@ def run_demo(
     out.print(f"  MLflow: {paths.mlflow_uri} (run {summary.get('mlflow_run_id')})")
     out.print(
         "\nnext: .venv/bin/hamu audit verify | .venv/bin/hamu requests list | "
-        f".venv/bin/hamu audit trace {rows[0][0]} | .venv/bin/hamu promote --batch {summary['batch_id']}"
+        f".venv/bin/hamu audit trace {rows[0][0]}"
     )
+    _print_outcome(out, summary)
     return summary
+
+
+def _print_outcome(out: Console, summary: dict) -> None:
+    """The honest end of the demo: promotable or not, and what to do next."""
+    if summary.get("status") != "completed" or not summary.get("model_version"):
+        out.print(f"[yellow]no candidate was registered[/yellow]: {summary.get('reason', '')}")
+        return
+    promote = f".venv/bin/hamu promote --batch {summary['batch_id']}"
+    if summary.get("gates_passed"):
+        out.print(f"[green]promotable[/green]: every gate passes. To serve it: {promote}")
+        return
+    out.print(f"[red]not promotable[/red]: {summary.get('verdict_reason', '')}")
+    if summary.get("evidence") == "insufficient":
+        out.print(
+            f"next: collect stronger evidence (a larger forget set or more attack power), or accept it with "
+            f"{promote} --accept-insufficient-evidence --reason TEXT (recorded in the ledger and model card)"
+        )
+        return
+    out.print(
+        "next: the batch's requests stay `unlearned` (pending promotion; overdue after 30 days, see "
+        "`hamu requests list --status overdue`). The next batch (`.venv/bin/hamu batch run`) starts again "
+        "from the champion and carries them over: give it a stronger method or budget (e.g. "
+        "`--method ga --max-steps 300`), or retrain exactly with `--exact`."
+    )

@@ -1,122 +1,97 @@
-"""Promotion gates: whether an unlearned model may become ``champion``.
+"""Whether a batch's candidate may become ``champion``: the evidence verdict plus two lineage gates.
 
-Every gate reads the evaluation report (JSON) of its batch; nothing is recomputed. Three gates, all must
-pass:
-
-* ``mia-band``: every membership-attack metric (population attacks and LiRA) of the candidate lies inside its
-  two-sided band around the retrained reference: neither under- nor over-unlearning;
-* ``utility-budget``: test accuracy drop against the original ≤ ``utility_budget``;
-* ``ks``: the KS statistic D between the candidate's and the reference's per-example forget losses is ≤
-  ``ks_max`` (default: the report's own ``ks_d`` band).
-
-Two lineage gates (:func:`lineage_gates`) come from the registry and the request queue, not the report:
+The evidence part is :func:`hamu.verdict.decide` and nothing else, so ``hamu promote`` and the batch that
+produced the candidate cannot disagree. The lineage gates come from the registry and the request queue:
 
 * ``batch-completed``: the candidate's batch closed its requests and issued receipts (a version left by a
   batch that died is never promotable);
-* ``erasure-coverage``: the candidate no longer carries any record erased so far, so promoting an older
-  candidate cannot bring back records erased after it.
+* ``erasure-coverage``: the candidate no longer carries any record that a request has removed from some
+  model so far, so promoting an older candidate cannot bring back records removed after it.
+
+Neither lineage gate, nor any failing evidence gate, can be overridden. The only override is for evidence
+that is ``insufficient`` (the attacks cannot tell the original from the reference): it needs an explicit
+reason, which is recorded.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
+
+from hamu.verdict import Gate, Verdict
 
 
-@dataclass(frozen=True)
-class GateResult:
-    name: str
-    passed: bool
-    value: float
-    limit: float
-    detail: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+class PromotionInputError(ValueError):
+    """The promotion request itself is malformed (e.g. an override without a reason)."""
 
 
-def _failed_metrics(verdict: Mapping[str, Any], prefixes: tuple[str, ...]) -> list[str]:
-    found = []
-    for kind in ("under_unlearning", "over_unlearning", "deviates"):
-        found += [f"{m} ({kind.replace('_', '-')})" for m in verdict.get(kind, []) if m.startswith(prefixes)]
-    return found
-
-
-def promotion_gates(
-    report: Mapping[str, Any],
-    *,
-    model: str = "unlearned",
-    utility_budget: float = 0.02,
-    ks_max: float | None = None,
-) -> list[GateResult]:
-    if model not in report.get("verdicts", {}):
-        raise ValueError(f"the report has no verdict for model {model!r}")
-    if not utility_budget >= 0:
-        raise ValueError(f"utility_budget must be >= 0, got {utility_budget!r}")
-    verdict = report["verdicts"][model]
-    mia_failures = _failed_metrics(verdict, ("attacks.", "shadow."))
-    gates = [
-        GateResult(
-            "mia-band",
-            not mia_failures,
-            float(len(mia_failures)),
-            0.0,
-            "all attack metrics inside their bands" if not mia_failures else "; ".join(mia_failures[:6]),
-        )
-    ]
-    acc = report["utility"]
-    drop = float(acc["original"]["test"]["accuracy"]["estimate"]) - float(
-        acc[model]["test"]["accuracy"]["estimate"]
-    )
-    gates.append(
-        GateResult(
-            "utility-budget",
-            drop <= utility_budget,
-            drop,
-            utility_budget,
-            f"test accuracy drop {drop:+.4f} against the original (budget {utility_budget:.4f})",
-        )
-    )
-    limit = float(ks_max if ks_max is not None else report["config"]["bands"]["ks_d"])
-    d = float(report["forget_quality"][model]["d"])
-    p = float(report["forget_quality"][model]["p_value"])
-    n = int(report["forget_quality"][model]["n_model"])
-    gates.append(
-        GateResult(
-            "ks",
-            d <= limit,
-            d,
-            limit,
-            f"KS D={d:.3f} (p={p:.3g}, n={n}) against the reference, limit {limit}",
-        )
-    )
-    return gates
-
-
-def lineage_gates(*, batch_status: str, still_carried: int, erased_total: int) -> list[GateResult]:
-    """``still_carried``: erased records (per the queue) missing from the candidate's erasure manifest."""
+def lineage_gates(*, batch_status: str, still_carried: int, erased_total: int) -> list[Gate]:
+    """``still_carried``: removed records (per the queue) missing from the candidate's erasure manifest."""
     if still_carried < 0 or erased_total < still_carried:
         raise ValueError(f"need 0 <= still_carried <= erased_total, got {still_carried}, {erased_total}")
     completed = batch_status == "completed"
     return [
-        GateResult(
+        Gate(
             "batch-completed",
-            completed,
-            1.0 if completed else 0.0,
-            1.0,
+            "pass" if completed else "fail",
             "the batch closed its requests and issued receipts"
             if completed
             else f"batch status is {batch_status or 'unknown'!r}: only completed batches can be promoted",
         ),
-        GateResult(
+        Gate(
             "erasure-coverage",
-            still_carried == 0,
-            float(still_carried),
-            0.0,
-            f"the candidate carries none of the {erased_total} erased records"
+            "pass" if still_carried == 0 else "fail",
+            f"the candidate carries none of the {erased_total} removed records"
             if still_carried == 0
-            else f"the candidate still carries {still_carried} of {erased_total} erased records (erased "
+            else f"the candidate still carries {still_carried} of {erased_total} removed records (removed "
             "after its batch): promote a newer candidate",
+            gap=float(still_carried),
         ),
     ]
+
+
+def check_override(accept_insufficient_evidence: bool, reason: str | None) -> str:
+    """The override's reason, stripped; a clear error when it is missing, empty, or given alone."""
+    text = (reason or "").strip()
+    if accept_insufficient_evidence and not text:
+        raise PromotionInputError(
+            "--accept-insufficient-evidence needs --reason TEXT: say why this evidence is accepted "
+            "(it goes into the audit ledger and the model card)"
+        )
+    if reason is not None and not text:
+        raise PromotionInputError("--reason must not be empty")
+    if text and not accept_insufficient_evidence:
+        raise PromotionInputError("--reason is only for --accept-insufficient-evidence")
+    return text
+
+
+@dataclass(frozen=True)
+class PromotionDecision:
+    allowed: bool
+    override_used: bool
+    refusal: str
+    gates: tuple[Gate, ...]
+
+
+def decide_promotion(
+    verdict: Verdict, lineage: list[Gate], *, accept_insufficient_evidence: bool = False
+) -> PromotionDecision:
+    """Combine the verdict and the lineage gates; the override applies to insufficient evidence only."""
+    gates = (*verdict.gates, *lineage)
+    lineage_failed = [g for g in lineage if g.status != "pass"]
+    evidence_ok = verdict.promotable(accept_insufficient_evidence=accept_insufficient_evidence)
+    allowed = evidence_ok and not lineage_failed
+    reasons = [f"{g.name} ({g.reason})" for g in lineage_failed]
+    if not evidence_ok:
+        reasons.insert(0, verdict.reason)
+        if (
+            verdict.evidence == "insufficient"
+            and verdict.status != "fail"
+            and not accept_insufficient_evidence
+        ):
+            reasons.append("to promote anyway: --accept-insufficient-evidence --reason TEXT")
+    return PromotionDecision(
+        allowed=allowed,
+        override_used=allowed and not verdict.passed,
+        refusal="" if allowed else "; ".join(reasons),
+        gates=gates,
+    )

@@ -9,7 +9,10 @@ One call, :func:`unlearn`, turns a user's model, loss and two batch iterables in
 3. let the method turn them into an equivalent gradient G and step the optimizer (default SGD(η), so
    HAMU applies exactly w + δ);
 4. record one :class:`StepRecord` of diagnostics, reading every scalar of the step from the device with a
-   single host synchronisation.
+   single host synchronisation. Both losses are recorded for every method: where a method has no objective
+   for one side (FT has no forget objective, GA no retain objective) and that side's data is given, the
+   task loss there is *evaluated* (no gradient, eval mode, RNG state restored), so every run yields a
+   trade-off trajectory without changing the run's updates.
 
 A NaN or Inf in a loss, a gradient or an update raises :class:`NonFiniteError` naming the tensor and the
 step *before* anything is applied. An infeasible HAMU step (default policy) or, when asked, the
@@ -22,7 +25,7 @@ import copy
 import math
 import random
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal, Protocol
 
 import torch
@@ -37,6 +40,7 @@ from hamu.methods.hamu_rule import HamuRule
 from hamu.methods.registry import make_method
 
 Role = Literal["retain", "forget"]
+BOTH_ROLES: tuple[Role, Role] = ("retain", "forget")
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 StepCallback = Callable[["StepRecord"], bool | None]
 
@@ -83,8 +87,10 @@ class UnlearnConfig:
 class StepRecord:
     """Diagnostics of one step (plain Python numbers, safe to log or serialise).
 
-    ``diagnostics`` holds the method's scalars; for HAMU: kappa, kappa1, kappa2, predicted retain/forget
-    change, stopping_margin and per-step branch counts (not cumulative).
+    ``retain_loss``/``forget_loss`` are the method's objective losses on the step's batches; on a side the
+    method has no objective for (FT: forget, GA: retain), the task loss evaluated there (None only when that
+    side's data was not given). ``diagnostics`` holds the method's scalars; for HAMU: kappa, kappa1, kappa2,
+    predicted retain/forget change, stopping_margin and per-step branch counts (not cumulative).
     """
 
     step: int
@@ -287,6 +293,27 @@ class Unlearner:
         gamma = method.gamma if isinstance(method, Scrub) else 0.99
         return alpha * kl + gamma * self.loss_fn(logits, targets)
 
+    def evaluated_loss(self, batches: Sequence[Any]) -> torch.Tensor:
+        """The task loss on ``batches`` for a side the method does not differentiate, without side effects.
+
+        Why side-effect free: the value only feeds the diagnostics (the trade-off plot needs both losses), so
+        it must not change the run. Eval mode keeps batch-norm statistics untouched and dropout off, and the
+        RNG state is restored, so a run's updates are the same whether or not this side's data was given.
+        """
+        devices = [self.device.index or 0] if self.device.type == "cuda" else []
+        modes = [(m, m.training) for m in self.model.modules()]
+        total = torch.zeros((), device=self.device)
+        with torch.random.fork_rng(devices=devices), torch.no_grad():
+            self.model.eval()
+            try:
+                for batch in batches:
+                    inputs, targets = _move(batch, self.device)
+                    total = total + self.loss_fn(_forward(self.model, inputs), targets).detach()
+            finally:
+                for m, mode in modes:
+                    m.training = mode
+        return total / len(batches)
+
     def objective_gradient(self, objective: Objective, batches: Sequence[Any]) -> ObjectiveGradient:
         """Accumulate the objective's gradient over ``batches`` (micro-batches), then clip it."""
         for p in self.params:
@@ -330,6 +357,13 @@ class Unlearner:
             "retain": method.retain_objective,
             "forget": method.forget_objective,
         }
+        # Sides the method has no objective for, but whose data was given: their loss is evaluated only.
+        evaluated: list[Role] = []
+        for role in BOTH_ROLES:
+            source = sources[role]
+            if objectives[role] is None and source is not None:
+                evaluated.append(role)
+                iterators[role] = _cycle(source, role)
 
         history: list[StepRecord] = []
         stop_reason = STOP_MAX_STEPS
@@ -344,6 +378,14 @@ class Unlearner:
                     batches = [next(iterators[role]) for _ in range(cfg.accumulation_steps)]
                     computed[role] = self.objective_gradient(objective, batches)
                 paired = self.pairing.pair(computed)
+                for role in evaluated:
+                    batches = [next(iterators[role]) for _ in range(cfg.accumulation_steps)]
+                    loss = self.evaluated_loss(batches)
+                    paired = (
+                        replace(paired, retain_loss=loss)
+                        if role == "retain"
+                        else replace(paired, forget_loss=loss)
+                    )
                 out = method(paired.retain, paired.forget, self.layout, lr=cfg.lr)
                 record = self._record(step, paired, out)
                 if record.stop_reason is None:

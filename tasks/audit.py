@@ -111,13 +111,19 @@ class BatchAudit:
         model_name: str,
         model_version: str,
         evidence: Mapping[str, Any],
+        stage: str = "candidate",
     ) -> LedgerRecord:
-        """One receipt per request (keyed hashes only); accepted requests name the model version."""
+        """One receipt per request (keyed hashes only); accepted requests name the model version.
+
+        ``stage`` ``candidate``: issued when the batch closes (its model is a candidate, pending
+        promotion); ``served``: issued by promotion for requests whose records the champion no longer
+        carries. Both receipts are kept, so a reviewer sees when each became true.
+        """
         now = datetime.now(UTC).isoformat()
         refs = {}
         raw = {i for row in verdicts for i in row[:2]}
         for request_id, record_id, verdict, reason in verdicts:
-            accepted = verdict == "accepted"
+            accepted = verdict in ("accepted", "erased")
             receipt = ErasureReceipt(
                 request_hash=self.hasher.hash(request_id),
                 record_hash=self.hasher.hash(record_id),
@@ -129,13 +135,14 @@ class BatchAudit:
                 model_version=model_version if accepted else "",
                 evidence=dict(evidence) if accepted else {},
             )
-            ref = self.receipts.write(receipt)
+            ref = self.receipts.write(receipt, stage=stage)
             refs[f"receipt:{receipt.request_hash[-16:]}"] = ref
         return self.ledger.append(
             LedgerRecord(
                 step="receipts",
                 batch_id=self.batch_id,
                 decision=f"{len(verdicts)} receipts",
+                reason=stage,
                 artifacts=refs,
                 refs=prefect_refs(),
             )

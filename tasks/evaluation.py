@@ -1,20 +1,24 @@
 """Evaluation tasks: LiRA reference models (one task each, fanned out by the flow's task runner), the
-three-model evaluation, and the plots."""
+three-model evaluation (each model on its own encoding of the rows), and the plots."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from torch import nn
 
+from hamu.data import Split
+from hamu.data.tensors import Featurizer
 from hamu.evaluation import (
     Evaluation,
     EvaluationConfig,
-    MLPTrainer,
     ReferenceSpec,
     ReferenceStats,
     evaluate_models,
@@ -23,6 +27,7 @@ from hamu.evaluation import (
     plot_loss_histograms,
     plot_roc_curves,
     plot_tradeoff,
+    reference_trainer,
     shadow_query,
     train_reference,
 )
@@ -33,9 +38,13 @@ Splits = Mapping[str, tuple[Any, Any]]
 
 @task(name="shadow-specs", cache_policy=NO_CACHE)
 def shadow_specs(splits: Splits, k: int, seed: int, n_classes: int) -> list[ReferenceSpec]:
-    """K reference-model specs trained on halves of the retain rows (never forget or test rows)."""
+    """K reference-model specs trained on halves of the retain rows (never forget or test rows).
+
+    The recipe follows the inputs (:func:`~hamu.evaluation.shadow.reference_trainer`): an MLP on image
+    tensors, an embedding-bag classifier on a text preset's token IDs (an MLP cannot read those).
+    """
     retain_x, retain_y = splits["retain"]
-    trainer = MLPTrainer(retain_x, retain_y, n_classes=n_classes)
+    trainer = reference_trainer(retain_x, retain_y, n_classes=n_classes)
     query = shadow_query(splits)
     return make_reference_specs(query, train_fn=trainer, candidates=len(retain_y), k=k, seed=seed)
 
@@ -54,7 +63,9 @@ def evaluate(
     stats: Sequence[ReferenceStats] | None,
     digests: Mapping[str, str],
     seed: int,
+    model_inputs: Mapping[str, Mapping[str, torch.Tensor]] | None = None,
 ) -> Evaluation:
+    """The three-model evaluation; ``model_inputs`` are the models' own encodings (see :func:`own_inputs`)."""
     return evaluate_models(
         models,
         splits,
@@ -62,7 +73,36 @@ def evaluate(
         config=EvaluationConfig(seed=seed, n_resamples=500),
         shadow=list(stats) if stats else None,
         digests=digests,
+        model_inputs=model_inputs,
     )
+
+
+def own_inputs(
+    split: Split, featurizers: Mapping[str, Featurizer], shared: Featurizer, retain_rows: np.ndarray
+) -> dict[str, dict[str, torch.Tensor]]:
+    """Each model's own encoding of the evaluated rows, for the models whose featurizer is not ``shared``.
+
+    The evaluated rows are the split's forget and test rows and its retain rows at ``retain_rows`` (the
+    subsample the shared splits hold), in the same order. Why: a text model reads token IDs of the vocabulary
+    fitted on its own training set; a retrain (the reference, or a retrain candidate) fitted it on the retain
+    rows, so the champion's encoding would feed it IDs meaning other words. Image featurizers depend only on
+    the dataset, so image models get no entry and share one tensor per split.
+    """
+    encoded: dict[str, dict[str, torch.Tensor]] = {}  # by featurizer config: one encoding per vocabulary
+    out: dict[str, dict[str, torch.Tensor]] = {}
+    for name, featurizer in featurizers.items():
+        config = featurizer.to_config()
+        if config == shared.to_config():
+            continue
+        key = json.dumps(config, sort_keys=True)
+        if key not in encoded:
+            encoded[key] = {
+                "retain": featurizer.encode(split.retain.select([int(i) for i in retain_rows])),
+                "forget": featurizer.encode(split.forget),
+                "test": featurizer.encode(split.test),
+            }
+        out[name] = encoded[key]
+    return out
 
 
 @task(name="plots", cache_policy=NO_CACHE)

@@ -57,5 +57,7 @@ def gate(
         cost = CostEstimate(unlearn_seconds=seconds_per_step * config.max_steps, retrain_seconds=retrain)
     drift = [f"drift budget of the source version {champion.version}: {b}" for b in drift_breaches]
     forced = drift if config.drift_action == "retrain" else []
+    if config.exact:
+        forced = ["exact retraining was requested for this batch", *forced]
     advisories = [] if forced else [f"{d}; a full retrain is recommended" for d in drift]
     return decide(report, cost, policy=config.gate_policy, force_retrain=forced, advisories=advisories)

@@ -24,7 +24,11 @@ def record_verdicts(queue: RequestQueue, batch_id: str, verdicts: Mapping[str, t
 def close_requests(
     queue: RequestQueue, batch_id: str, accepted: list[str], model_version: str
 ) -> dict[str, int]:
-    """Accepted → erased (with the model version that no longer carries them); rejections → rejected."""
-    erased = queue.mark_erased(batch_id, accepted, model_version) if accepted else 0
+    """Accepted → unlearned (with the candidate version that no longer carries them); rejections → rejected.
+
+    Not erased: the candidate serves nobody until ``hamu promote`` makes it champion, and only then does
+    the queue move these requests on to ``erased`` (``RequestQueue.mark_served``).
+    """
+    unlearned = queue.mark_unlearned(batch_id, accepted, model_version) if accepted else 0
     rejected = queue.mark_rejected(batch_id)
-    return {"erased": erased, "rejected": rejected}
+    return {"unlearned": unlearned, "rejected": rejected}

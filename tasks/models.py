@@ -151,6 +151,23 @@ def retrained_reference(
     return None, "missing", 0.0
 
 
+def candidate_source(
+    champion: ServedModel, reference: TrainedModel | None, action: str
+) -> ServedModel | TrainedModel:
+    """The model whose featurizer and training metadata the batch's candidate carries.
+
+    Unlearning edits the champion's weights in place, so the candidate reads the champion's inputs; a retrain
+    *is* the reference, whose featurizer (for text: the vocabulary fitted on the retain rows) and model
+    config (its vocabulary size) differ from the champion's. Registered with the champion's, a text retrain
+    would be served with the wrong vocabulary and its checkpoint would not even rebuild.
+    """
+    if action == "unlearn":
+        return champion
+    if reference is None:
+        raise ValueError(f"action {action!r} registers the retrained reference, but there is none")
+    return reference
+
+
 def _single_file_dir(path: Path) -> Path:
     folder = Path(tempfile.mkdtemp(prefix="hamu-ckpt-"))
     (folder / path.name).write_bytes(path.read_bytes())

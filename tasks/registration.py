@@ -3,7 +3,7 @@ rows), the erasure manifest (keyed hashes) next to the checkpoint, the evaluatio
 linking batch, flow run and source version.
 
 Registration and completion are two steps on purpose. A version is registered before the batch closes its
-requests; only after the queue says the requests are erased does it get ``batch_status=completed`` and the
+requests; only after the queue marks the requests unlearned does it get ``batch_status=completed`` and the
 ``candidate`` alias. A batch that dies in between leaves an un-aliased version that recovery tags
 ``abandoned``, and the next batch never starts from it.
 """

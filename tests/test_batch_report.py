@@ -24,7 +24,7 @@ from hamu.decision import CostEstimate, decide
 from hamu.drift import DriftBudget, DriftState, advance, breaches
 from hamu.evaluation import EvaluationConfig, MLPTrainer, evaluate_models
 from hamu.hardness import assess_hardness
-from hamu.promotion import promotion_gates
+from hamu.verdict import decide as judge_evidence
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -96,7 +96,7 @@ def _input(batch: dict[str, Any], **overrides: Any) -> BatchReportInput:
         "hardness": batch["hardness"],
         "decision": batch["decision"],
         "evaluation": report,
-        "gates": [g.to_dict() for g in promotion_gates(report)],
+        "verdict": judge_evidence(report).to_dict(),
         "drift": {
             "state": state.to_dict(),
             "budget": dataclasses.asdict(budget),
@@ -139,7 +139,7 @@ def test_markdown_has_every_section(batch: dict[str, Any], plots: dict[str, Path
         "## Hardness and decision",
         "## Forgetting evidence against the retrained reference",
         "## Utility (accuracy, 95% bootstrap CI)",
-        "## Promotion gates",
+        "## Promotion",
         "## Cumulative drift since the last exact retrain",
         "## Plots",
     ):
@@ -150,24 +150,30 @@ def test_markdown_has_every_section(batch: dict[str, Any], plots: dict[str, Path
 
 
 def test_optional_sections_are_left_out(batch: dict[str, Any]) -> None:
-    md = render_markdown(_input(batch, evaluation=None, drift={}, gates=(), hardness={}, carried_over=0))
+    md = render_markdown(_input(batch, evaluation=None, drift={}, verdict=None, hardness={}, carried_over=0))
     for absent in ("## Hardness", "## Forgetting evidence", "## Utility", "## Cumulative drift", "## Plots"):
         assert absent not in md, absent
     assert "No gates evaluated" in md
     assert "erased by earlier batches" not in md
 
 
-def test_every_gap_metric_is_listed_once(batch: dict[str, Any]) -> None:
-    md = render_markdown(_input(batch))
-    gaps = batch["report"]["gaps"]["unlearned"]
-    rows = _rows_after(md, "| metric | unlearned | reference |")
-    assert len(rows) == len(gaps)
-    assert [_cells(r)[0].strip() for r in rows] == [g["metric"] for g in gaps]
-    for row, gap in zip(rows, gaps, strict=True):
+def test_every_gate_is_listed_once_with_its_control(batch: dict[str, Any]) -> None:
+    inp = _input(batch)
+    md = render_markdown(inp)
+    assert inp.verdict is not None
+    gates = inp.verdict["gates"]
+    control = {g["name"]: g["status"] for g in inp.verdict["control"]}
+    rows = _rows_after(md, "| gate | status | gap |")
+    assert len(rows) == len(gates)
+    assert [_cells(r)[0].strip() for r in rows] == [g["name"] for g in gates]
+    for row, gate in zip(rows, gates, strict=True):
         cells = [c.strip() for c in _cells(row)]
         assert len(cells) == 7
-        assert cells[3] == f"{gap['gap']:+.4f}" and cells[6] == gap["verdict"]
-    assert batch["report"]["evidence_strength"]["level"] in md
+        assert cells[1] == gate["status"] and cells[6] == control.get(gate["name"], "-")
+        if gate["gap"] is not None:
+            assert cells[2] == f"{gate['gap']:+.4f}"
+    assert f"evidence **{inp.verdict['evidence']}**" in md
+    assert ("**promotable**" in md) == inp.verdict["passed"]
 
 
 def test_utility_gates_hardness_and_drift_values(batch: dict[str, Any]) -> None:
@@ -180,8 +186,9 @@ def test_utility_gates_hardness_and_drift_values(batch: dict[str, Any]) -> None:
     )
     assert f"Test-accuracy change against the original: {change:+.4f}." in md
     assert len(_rows_after(md, "| model | retain | forget | test |")) == 3
-    for gate in inp.gates:
-        assert f"| {gate['name']} | {'yes' if gate['passed'] else 'no'} |" in md
+    assert inp.verdict is not None
+    for gate in inp.verdict["gates"]:
+        assert f"| {gate['name']} | {gate['status']} |" in md
     assert f"| verdict | {batch['hardness']['verdict']} |" in md
     assert f"**Decision: {inp.action}**" in md
     assert "- warning: hardness gate (warn policy)" in md
@@ -246,7 +253,7 @@ def test_html_is_standalone_with_inlined_plots(batch: dict[str, Any], plots: dic
     assert html.startswith("<!doctype html>") and html.rstrip().endswith("</html>")
     assert "<title>Deletion batch batch-0007</title>" in html and '<meta charset="utf-8">' in html
     n_tables = len(_TABLE_RULE.findall(md))
-    assert n_tables == 7  # verdicts, rejected, hardness, evidence, utility, gates, drift
+    assert n_tables == 6  # verdicts, rejected, hardness, evidence gates, utility, drift
     assert html.count("<table>") == n_tables
     assert 'src="plots/' not in html
     inlined = re.findall(r'src="data:image/png;base64,([^"]+)"', html)
@@ -311,19 +318,19 @@ def test_history_lists_versions_newest_first() -> None:
         random.Random(seed).shuffle(entries)
         rows = _history_rows(erasure_history(entries))
         assert [_cells(r)[0].strip() for r in rows] == ["11", "10", "9", "2", "1"]
-    assert all(len(_cells(r)) == 11 for r in rows)  # the "a|b" alias and "Σ|AUC gap|" do not split cells
+    assert all(len(_cells(r)) == 12 for r in rows)  # the "a|b" alias and "Σ|AUC gap|" do not split cells
     html = MarkdownIt("commonmark").enable("table").render(erasure_history(entries))
-    assert [tr.count("<td>") for tr in html.split("<tbody>")[1].split("<tr>")[1:]] == [11] * 5
+    assert [tr.count("<td>") for tr in html.split("<tbody>")[1].split("<tr>")[1:]] == [12] * 5
     by_version = {_cells(r)[0].strip(): [c.strip() for c in _cells(r)] for r in rows}
-    assert by_version["10"][6] == "5 / 40" and by_version["10"][9] == "completed"
-    assert by_version["10"][10] == r"3 batch(es), utility 0.0120, Σ\|AUC gap\| 0.0800"
+    assert by_version["10"][6] == "5 / 40" and by_version["10"][10] == "completed"
+    assert by_version["10"][11] == r"3 batch(es), utility 0.0120, Σ\|AUC gap\| 0.0800"
     assert (
         by_version["1"][3] == "original"
-        and by_version["1"][9] == "original"
+        and by_version["1"][10] == "original"
         and by_version["1"][6] == "0 / 0"
     )
-    assert by_version["1"][10] == "-"
-    assert by_version["11"][9] == "abandoned"
+    assert by_version["1"][11] == "-"
+    assert by_version["11"][10] == "abandoned"
 
 
 def test_from_tags_without_drift_has_no_drift() -> None:

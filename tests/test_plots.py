@@ -21,6 +21,7 @@ from hamu.evaluation import (
     plot_roc_curves,
     plot_tradeoff,
 )
+from hamu.methods import METHODS
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -54,7 +55,7 @@ def evaluation(digits_data: tuple[torch.Tensor, torch.Tensor, np.ndarray]) -> An
 
 @pytest.fixture(scope="module")
 def runs() -> dict[str, Any]:
-    """Real unlearning histories: HAMU-Q (with per-tensor κ), GDiff, and GA (no retain loss)."""
+    """Real unlearning histories: HAMU-Q (with per-tensor κ), GDiff, and GA (retain loss evaluated only)."""
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(96, 12, generator=gen)
     y = torch.randint(0, 3, (96,), generator=gen)
@@ -117,9 +118,54 @@ def test_tradeoff_bad_input(trajectories: dict[str, Any], message: str, tmp_path
         plot_tradeoff(trajectories, tmp_path / "t.png")
 
 
-def test_tradeoff_refuses_records_without_retain_loss(runs: dict[str, Any], tmp_path: Path) -> None:
+def test_tradeoff_refuses_records_without_retain_loss(tmp_path: Path) -> None:
+    """A GA run given no retain data has no retain loss to plot: refused with the reason."""
+    x, y = torch.randn(16, 4), torch.randint(0, 3, (16,))
+    cfg = UnlearnConfig(method="ga", lr=0.1, max_steps=2, device="cpu")
+    result = unlearn(nn.Linear(4, 3), nn.functional.cross_entropy, None, [(x, y)], cfg)
+    assert result.history[0].retain_loss is None
     with pytest.raises(ValueError, match="method 'ga', record 0: retain or forget loss is missing"):
-        plot_tradeoff({"ga": runs["ga"].history}, tmp_path / "t.png")
+        plot_tradeoff({"ga": result.history}, tmp_path / "t.png")
+
+
+@pytest.fixture(scope="module")
+def digits_model_state(digits_data: tuple[torch.Tensor, torch.Tensor, np.ndarray]) -> dict[str, torch.Tensor]:
+    """A small MLP briefly trained on 360 digits rows (full-batch Adam): gradients far from zero."""
+    x, y, perm = digits_data
+    rows = perm[:360]
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(40):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x[rows]), y[rows]).backward()
+        opt.step()
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_every_method_history_draws_a_tradeoff_plot(
+    method: str,
+    digits_data: tuple[torch.Tensor, torch.Tensor, np.ndarray],
+    digits_model_state: dict[str, torch.Tensor],
+    tmp_path: Path,
+) -> None:
+    """Every method the CLI accepts (FT and GA included: one objective each) records both losses at every
+    step, so its history draws the trade-off plot of the batch's plots stage."""
+    x, y, perm = digits_data
+    forget, retain = perm[:60], perm[60:360]
+    model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+    model.load_state_dict(digits_model_state)
+    options = {"constraint_ratio": 0.02} if method.startswith("hamu") else {}
+    cfg = UnlearnConfig(method=method, lr=0.05, max_steps=5, device="cpu", method_options=options)
+    result = unlearn(
+        model, nn.functional.cross_entropy, [(x[retain], y[retain])], [(x[forget], y[forget])], cfg
+    )
+    assert result.steps_applied == 5
+    for record in result.history:
+        assert record.retain_loss is not None and np.isfinite(record.retain_loss)
+        assert record.forget_loss is not None and np.isfinite(record.forget_loss)
+    _check_png(plot_tradeoff({method: result.history}, tmp_path / "tradeoff.png"))
 
 
 def test_kappa_heatmap(runs: dict[str, Any], tmp_path: Path) -> None:

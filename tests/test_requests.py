@@ -437,7 +437,7 @@ def test_bad_file_is_rejected_whole_and_queue_unchanged(
         assert part in message
     assert caught.value.problems
     assert snapshot(queue) == before
-    assert before[0] == {"pending": 3, "claimed": 0, "rejected": 0, "erased": 0}
+    assert before[0] == {"pending": 3, "claimed": 0, "unlearned": 0, "erased": 0, "rejected": 0}
 
 
 def test_problems_carry_line_and_field(queue: RequestQueue, inbox: Path) -> None:
@@ -520,7 +520,7 @@ def test_unknown_erased_and_repeated_records_are_queued_not_dropped(queue: Reque
     queue.record_verdicts(
         "b-0", {"seed-1": ("accepted", "ok"), "seed-2": ("accepted", "ok"), "seed-3": ("accepted", "ok")}
     )
-    queue.mark_erased("b-0", ["seed-1", "seed-2", "seed-3"], "model:1")
+    queue.mark_unlearned("b-0", ["seed-1", "seed-2", "seed-3"], "model:1")
     path = inbox / "more.csv"
     path.write_bytes(
         csv_bytes(
@@ -565,7 +565,7 @@ def test_claim_is_fifo_limited_and_exclusive(queue: RequestQueue) -> None:
     second = queue.claim_batch("b-2")
     assert [r.request_id for r in second] == ["seed-3"]
     assert queue.claim_batch("b-3") == []
-    assert queue.counts() == {"pending": 0, "claimed": 3, "rejected": 0, "erased": 0}
+    assert queue.counts() == {"pending": 0, "claimed": 3, "unlearned": 0, "erased": 0, "rejected": 0}
     assert [r.request_id for r in queue.list(batch_id="b-1")] == ["seed-1", "seed-2"]
 
 
@@ -592,24 +592,6 @@ def test_release_batch_puts_claims_back_and_clears_verdicts(queue: RequestQueue)
     assert queue.release_batch("b-unknown") == 0
 
 
-def test_release_stale_only_touches_old_claims(tmp_path: Path, inbox: Path) -> None:
-    now = [datetime(2026, 6, 1, tzinfo=UTC)]
-    q = RequestQueue(default_queue_url(tmp_path / "h2"), clock=lambda: now[0])
-    path = inbox / "s.csv"
-    path.write_bytes(csv_bytes(*SEED))
-    q.submit_file(path)
-    q.claim_batch("old", limit=1)
-    now[0] += timedelta(hours=2)
-    q.claim_batch("new", limit=1)
-    now[0] += timedelta(minutes=30)
-    assert q.release_stale(timedelta(hours=1)) == 1
-    assert q.get("seed-1").status is Status.PENDING
-    assert q.get("seed-2").status is Status.CLAIMED
-    with pytest.raises(ValueError):
-        q.release_stale(timedelta(seconds=-1))
-    q.close()
-
-
 def test_all_verdicts_recorded_and_closed(tmp_path: Path, inbox: Path) -> None:
     q = RequestQueue(default_queue_url(tmp_path / "h3"))
     path = inbox / "v.csv"
@@ -626,12 +608,14 @@ def test_all_verdicts_recorded_and_closed(tmp_path: Path, inbox: Path) -> None:
     assert q.record_verdicts("b-1", verdicts) == 5
     assert {r.request_id: (r.verdict.value, r.verdict_reason) for r in q.list()} == verdicts
     assert q.mark_rejected("b-1") == 4
-    assert q.mark_erased("b-1", ["v-0"], "models:/digits/7") == 1
-    assert q.counts() == {"pending": 0, "claimed": 0, "rejected": 4, "erased": 1}
-    erased = q.get("v-0")
-    assert erased.model_version == "models:/digits/7" and erased.batch_id == "b-1"
+    assert q.mark_unlearned("b-1", ["v-0"], "models:/digits/7") == 1
+    assert q.counts() == {"pending": 0, "claimed": 0, "unlearned": 1, "erased": 0, "rejected": 4}
+    unlearned = q.get("v-0")
+    assert unlearned.status is Status.UNLEARNED
+    assert unlearned.model_version == "models:/digits/7" and unlearned.batch_id == "b-1"
     assert q.get("v-4").verdict is Verdict.ALREADY_ERASED and q.get("v-4").status is Status.REJECTED
     assert q.erased_record_ids() == {"rec-0"}
+    assert q.served_erased_record_ids() == set()
     q.close()
 
 
@@ -644,7 +628,7 @@ def test_state_changes_refuse_requests_the_batch_does_not_hold(queue: RequestQue
     with pytest.raises(QueueStateError, match="unknown request_id"):
         queue.record_verdicts("b-1", {"ghost": ("accepted", "ok")})
     with pytest.raises(QueueStateError, match=r"seed-1 \(verdict None, not accepted\)"):
-        queue.mark_erased("b-1", ["seed-1"], "m:1")
+        queue.mark_unlearned("b-1", ["seed-1"], "m:1")
     with pytest.raises(QueueStateError, match=r"seed-1 \(no verdict recorded\)"):
         queue.mark_rejected("b-1", ["seed-1"])
     with pytest.raises(ValueError, match="unknown verdict 'maybe'"):
@@ -656,10 +640,10 @@ def test_state_changes_refuse_requests_the_batch_does_not_hold(queue: RequestQue
     with pytest.raises(QueueStateError, match=r"seed-1 \(verdict accepted\)"):
         queue.mark_rejected("b-1", ["seed-1", "seed-2"])
     with pytest.raises(QueueStateError, match=r"seed-2 \(verdict unknown, not accepted\)"):
-        queue.mark_erased("b-1", ["seed-1", "seed-2"], "m:1")
+        queue.mark_unlearned("b-1", ["seed-1", "seed-2"], "m:1")
     with pytest.raises(ValueError, match="model_version"):
-        queue.mark_erased("b-1", ["seed-1"], "")
-    assert queue.counts() == {"pending": 0, "claimed": 3, "rejected": 0, "erased": 0}
+        queue.mark_unlearned("b-1", ["seed-1"], "")
+    assert queue.counts() == {"pending": 0, "claimed": 3, "unlearned": 0, "erased": 0, "rejected": 0}
 
 
 def test_timezones_survive_a_reopen(queue: RequestQueue, tmp_path: Path) -> None:
@@ -759,7 +743,7 @@ def test_processes_claiming_at_once_get_disjoint_claims_covering_all(tmp_path: P
         assert claimed[0] | claimed[1] == pending  # ...and nothing left behind
         for i, ids in enumerate(results):
             assert {r.request_id for r in q.list(batch_id=f"w{i}")} == set(ids)
-        assert q.counts() == {"pending": 0, "claimed": 300, "rejected": 0, "erased": 0}
+        assert q.counts() == {"pending": 0, "claimed": 300, "unlearned": 0, "erased": 0, "rejected": 0}
 
         # One claim of everything each: one process gets it all, the other only what is left (nothing).
         assert q.release_batch("w0") + q.release_batch("w1") == 300

@@ -221,6 +221,39 @@ def test_every_method_runs(name: str, digits: Data, trained_state: dict[str, tor
             assert r.diagnostics["predicted_retain_change"] <= -RATIO * LR * (1 - 1e-4)
 
 
+@pytest.mark.parametrize(("name", "evaluated"), [("ft", "forget"), ("ga", "retain")])
+def test_single_objective_methods_evaluate_the_other_loss_without_changing_the_run(
+    name: str, evaluated: str, digits: Data, trained_state: dict[str, torch.Tensor]
+) -> None:
+    """FT has no forget objective and GA no retain objective: the loop evaluates that side's task loss each
+    step (on the pre-step model, so step 0 is the starting model's loss), and the updates are the same as a
+    run that was not given that side's data (no gradient, batch-norm or RNG side effect)."""
+    Xr, yr, Xf, yf = digits
+    data = {"retain": [(Xr, yr)], "forget": [(Xf, yf)]}
+    cfg = UnlearnConfig(method=name, lr=LR, max_steps=4, device="cpu")
+    model = fresh_model(trained_state)
+    with torch.no_grad():
+        X, y = data[evaluated][0]
+        start = float(F.cross_entropy(model(X), y))
+    both = unlearn(model, F.cross_entropy, data["retain"], data["forget"], cfg)
+    alone_model = fresh_model(trained_state)
+    alone = unlearn(
+        alone_model,
+        F.cross_entropy,
+        data["retain"] if evaluated == "forget" else None,
+        data["forget"] if evaluated == "retain" else None,
+        cfg,
+    )
+    losses = [getattr(r, f"{evaluated}_loss") for r in both.history]
+    assert all(v is not None and math.isfinite(v) for v in losses)
+    assert losses[0] == pytest.approx(start, rel=1e-6)
+    assert len(set(losses)) == len(losses)  # evaluated afresh on the model of every step
+    assert all(getattr(r, f"{evaluated}_loss") is None for r in alone.history)
+    assert all(r.retain_grad_norm is None for r in both.history) == (evaluated == "retain")
+    for p, q in zip(model.parameters(), alone_model.parameters(), strict=True):
+        assert torch.equal(p, q)
+
+
 # --- the loop's contracts -------------------------------------------------------------------------------
 
 

@@ -314,9 +314,9 @@ def test_queue_to_verdicts_round_trip(tmp_path: Path) -> None:
     queue.record_verdicts("batch-1", outcome.verdict_map())
     accepted = outcome.accepted()["request_id"].tolist()
     assert accepted == ["q-1", "q-4"]
-    queue.mark_erased("batch-1", accepted, "models:/m/2")
+    queue.mark_unlearned("batch-1", accepted, "2")
     assert queue.mark_rejected("batch-1") == 2
-    assert queue.counts() == {"pending": 0, "claimed": 0, "rejected": 2, "erased": 2}
+    assert queue.counts() == {"pending": 0, "claimed": 0, "unlearned": 2, "erased": 0, "rejected": 2}
     assert queue.get("q-3").verdict_reason == "record ID not in the training manifest"
 
     src2 = tmp_path / "in2.csv"

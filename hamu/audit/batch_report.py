@@ -40,7 +40,7 @@ class BatchReportInput:
     hardness: Mapping[str, Any]
     decision: Mapping[str, Any]
     evaluation: Mapping[str, Any] | None
-    gates: Sequence[Mapping[str, Any]] = ()
+    verdict: Mapping[str, Any] | None = None  # hamu.verdict.Verdict.to_dict()
     drift: Mapping[str, Any] = field(default_factory=dict)
     carried_over: int = 0
     links: Mapping[str, str] = field(default_factory=dict)
@@ -114,25 +114,43 @@ def _hardness(inp: BatchReportInput) -> list[str]:
     return [*out, ""]
 
 
-def _evidence(report: Mapping[str, Any]) -> list[str]:
-    strength = report.get("evidence_strength", {})
+def _interval(gate: Mapping[str, Any]) -> str:
+    if gate.get("ci_low") is None:
+        return "-"
+    return f"[{gate['ci_low']:+.4f}, {gate['ci_high']:+.4f}]"
+
+
+def _evidence(report: Mapping[str, Any], verdict: Mapping[str, Any] | None) -> list[str]:
     out = [
         "## Forgetting evidence against the retrained reference",
         "",
-        f"Reference: {report.get('reference', {}).get('kind', '-')}; evidence strength "
-        f"**{strength.get('level', '-')}** ({strength.get('reason', '')}).",
+        f"Reference: {report.get('reference', {}).get('kind', '-')}.",
         "",
     ]
+    if not verdict:
+        return out
+    outcome = "**promotable**" if verdict["passed"] else "**not promotable**"
+    out += [
+        f"Verdict: **{verdict['status']}**, evidence **{verdict['evidence']}**: {outcome}. "
+        f"{verdict['reason']}",
+        "",
+        f"Evidence: {verdict['evidence_reason']}.",
+        "",
+        "Each gate passes only when the whole interval of the candidate's gap to the reference lies inside "
+        "its band (equivalence); an interval that crosses the band is *inconclusive*. The control column is "
+        "the unmodified original through the same gate: it must fail at least one, or the evidence cannot "
+        "tell a model that has not forgotten from the reference.",
+        "",
+    ]
+    control = {g["name"]: g for g in verdict.get("control", [])}
     rows = []
-    for row in report.get("gaps", {}).get("unlearned", []):
-        ci = (
-            f"[{row['gap_ci_low']:+.4f}, {row['gap_ci_high']:+.4f}]"
-            if row.get("gap_ci_low") is not None
-            else "-"
-        )
-        rows.append((row["metric"], row["value"], row["reference"], f"{row['gap']:+.4f}", ci, row["band"],
-                     row["verdict"]))  # fmt: skip
-    out += _table(["metric", "unlearned", "reference", "gap", "gap 95% CI", "band", "verdict"], rows)
+    for g in verdict["gates"]:
+        c = control.get(g["name"])
+        gap = "-" if g.get("gap") is None else f"{g['gap']:+.4f}"
+        band = "-" if g.get("band") is None else f"±{g['band']:.4f}"
+        rows.append((g["name"], g["status"], gap, _interval(g), band, g.get("direction") or "-",
+                     c["status"] if c else "-"))  # fmt: skip
+    out += _table(["gate", "status", "gap", "95% CI", "band", "direction", "original (control)"], rows)
     return out
 
 
@@ -156,12 +174,15 @@ def _utility(report: Mapping[str, Any]) -> list[str]:
 
 
 def _gates_and_drift(inp: BatchReportInput) -> list[str]:
-    out = ["## Promotion gates (at the default budgets; `hamu promote` re-evaluates them)", ""]
-    if inp.gates:
-        out += _table(
-            ["gate", "passed", "value", "limit", "detail"],
-            [(g["name"], g["passed"], g["value"], g["limit"], g["detail"]) for g in inp.gates],
-        )
+    out = ["## Promotion", ""]
+    if inp.verdict:
+        out += [
+            "The candidate is a *candidate*: its requests are `unlearned`, and become `erased` only when "
+            "`hamu promote` moves `champion` to it, re-checking the gates above plus the lineage gates.",
+            "",
+        ]
+        if not inp.verdict["passed"]:
+            out += [f"**Not promotable**: {inp.verdict['reason']}", ""]
     else:
         out += ["No gates evaluated (no candidate was registered).", ""]
     if inp.drift:
@@ -197,7 +218,7 @@ def render_markdown(inp: BatchReportInput) -> str:
     if inp.hardness:
         out += _hardness(inp)
     if inp.evaluation:
-        out += _evidence(inp.evaluation)
+        out += _evidence(inp.evaluation, inp.verdict)
         out += _utility(inp.evaluation)
     out += _gates_and_drift(inp)
     if inp.plots:

@@ -27,6 +27,7 @@ class VersionEntry:
     erased_total: int = 0
     evidence: str = ""
     gates_passed: str = ""
+    override: str = ""
     batch_status: str = ""
     drift: str = ""
     aliases: tuple[str, ...] = ()
@@ -52,6 +53,7 @@ class VersionEntry:
             erased_total=int(tags.get("erased_records", 0) or 0),
             evidence=tags.get("evidence", ""),
             gates_passed=tags.get("gates_passed", ""),
+            override=tags.get("evidence_override", ""),
             batch_status=tags.get("batch_status", ""),
             drift=drift,
             aliases=tuple(sorted(aliases)),
@@ -69,11 +71,13 @@ def erasure_history(entries: Sequence[VersionEntry]) -> str:
         "",
         "Each row is a registered version. *Erased* counts records removed in that batch and in total since "
         "the original; *status* `completed` means the batch closed its requests and issued receipts "
-        "(`abandoned` versions come from batches that died before that and must never be promoted).",
+        "(`abandoned` versions come from batches that died before that and must never be promoted). *Gates "
+        "passed* is the one verdict (hamu.verdict); an *override* names why a version was promoted on "
+        "insufficient evidence.",
         "",
         "| version | aliases | created | batch | from | action | erased (batch / total) | evidence | "
-        "bands passed | status | drift since exact retrain |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "gates passed | override | status | drift since exact retrain |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for e in sorted(entries, key=lambda x: int(x.version) if x.version.isdigit() else 0, reverse=True):
         lines.append(
@@ -90,6 +94,7 @@ def erasure_history(entries: Sequence[VersionEntry]) -> str:
                     f"{e.erased_in_batch} / {e.erased_total}",
                     e.evidence,
                     e.gates_passed,
+                    e.override,
                     e.batch_status or ("original" if not e.batch_id else ""),
                     e.drift,
                 )

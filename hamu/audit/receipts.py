@@ -34,15 +34,19 @@ class ReceiptStore:
     def __init__(self, ledger: Ledger) -> None:
         self.ledger = ledger
 
-    def write(self, receipt: ErasureReceipt) -> dict[str, str]:
+    def write(self, receipt: ErasureReceipt, *, stage: str = "candidate") -> dict[str, str]:
+        """Candidate-time receipts keep their historical name; later stages get a prefixed file, so no
+        receipt already referenced by the ledger is ever overwritten."""
         name = receipt.request_hash.split(":", 1)[-1][:32]
+        file = f"{name}.json" if stage == "candidate" else f"{stage}-{name}.json"
         return self.ledger.add_artifact(
-            f"receipt:{name}", f"receipts/{receipt.batch_id}/{name}.json", receipt.to_json()
+            f"receipt:{name}", f"receipts/{receipt.batch_id}/{file}", receipt.to_json()
         )
 
     def find(self, request_hash: str) -> list[ErasureReceipt]:
         name = request_hash.split(":", 1)[-1][:32]
         found = []
-        for path in sorted((self.ledger.root / "receipts").glob(f"*/{name}.json")):
+        paths = (self.ledger.root / "receipts").glob(f"*/*{name}.json")
+        for path in sorted(paths, key=lambda p: p.stat().st_mtime_ns):
             found.append(ErasureReceipt(**json.loads(path.read_text(encoding="utf-8"))))
         return found

@@ -16,7 +16,7 @@ from hamu.evaluation.evaluate import (
     evaluate_models,
     shadow_query,
 )
-from hamu.evaluation.forget_quality import GapResult, KSResult, PassBands, judge_gap, ks_forget_quality
+from hamu.evaluation.forget_quality import GapResult, KSResult, gap_row, ks_forget_quality
 from hamu.evaluation.metrics import best_balanced_accuracy, roc_auc, roc_curve, roc_stats, tpr_at_fpr
 from hamu.evaluation.per_example import NonFiniteOutputError, PerExample, compute_per_example
 from hamu.evaluation.report import (
@@ -32,7 +32,9 @@ from hamu.evaluation.shadow import (
     ReferenceSpec,
     ReferenceStats,
     ShadowConfig,
+    TokenBagTrainer,
     make_reference_specs,
+    reference_trainer,
     run_references,
     train_reference,
 )
@@ -67,7 +69,6 @@ __all__ = [
     "MissingReferenceError",
     "NonFiniteOutputError",
     "OfflineLira",
-    "PassBands",
     "PerExample",
     "PerExampleScores",
     "RecordIdLeakError",
@@ -75,6 +76,7 @@ __all__ = [
     "ReferenceStats",
     "Resampler",
     "ShadowConfig",
+    "TokenBagTrainer",
     "assert_free_of_ids",
     "attack_score",
     "best_balanced_accuracy",
@@ -83,7 +85,7 @@ __all__ = [
     "compute_per_example",
     "digest_ids",
     "evaluate_models",
-    "judge_gap",
+    "gap_row",
     "ks_forget_quality",
     "make_reference_specs",
     "percentile_interval",
@@ -92,6 +94,7 @@ __all__ = [
     "plot_roc_curves",
     "plot_tradeoff",
     "population_attack",
+    "reference_trainer",
     "roc_auc",
     "roc_curve",
     "roc_stats",

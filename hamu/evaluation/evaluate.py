@@ -8,9 +8,12 @@ then derives every number from those per-example outputs with one shared set of 
    retain-vs-test: AUC, best balanced accuracy, TPR at each FPR budget, with intervals;
 3. optionally offline LiRA with K reference models (:mod:`~hamu.evaluation.shadow`);
 4. forget quality: KS between each model's and the reference's per-example losses on the forget rows;
-5. gaps to the reference for every metric, with paired intervals, judged by two-sided pass bands;
-6. the detection floor: the same attacks on the original vs the reference. If no attack can tell those two
-   apart, passing the bands proves little, and the report says the evidence is weak.
+5. gaps to the reference for every metric, with paired intervals and the reference's own sampling noise;
+6. each candidate's test-accuracy drop against the original, with its paired interval;
+7. the detection floor: the same attacks on the original vs the reference.
+
+The report measures and never judges: whether a model's evidence passes is decided by one function,
+:func:`hamu.verdict.decide`, from this report.
 
 The reference is required. A stand-in that is not a retrain on D_r must be labelled
 ``reference_kind="proxy"``; nothing is ever silently compared with ``None``.
@@ -19,7 +22,7 @@ The reference is required. A stand-in that is not a retrain on D_r must be label
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -33,7 +36,7 @@ from hamu.evaluation.bootstrap import (
     Resampler,
     percentile_interval,
 )
-from hamu.evaluation.forget_quality import PassBands, judge_gap, ks_forget_quality
+from hamu.evaluation.forget_quality import gap_row, ks_forget_quality
 from hamu.evaluation.metrics import (
     DEFAULT_FPRS,
     SMALL_SAMPLE,
@@ -51,12 +54,12 @@ from hamu.evaluation.report import (
     jsonable_metadata,
 )
 from hamu.evaluation.shadow import (
-    MLPTrainer,
     OfflineLira,
     ReferenceStats,
     ShadowConfig,
     make_reference_specs,
     query_digest,
+    reference_trainer,
     run_references,
 )
 
@@ -78,7 +81,6 @@ class EvaluationConfig:
     fprs: tuple[float, ...] = DEFAULT_FPRS
     attacks: tuple[str, ...] = tuple(ATTACKS)
     ks_statistic: str = "loss"
-    bands: PassBands = field(default_factory=PassBands)
     batch_size: int = 1024
 
     def __post_init__(self) -> None:
@@ -109,7 +111,6 @@ class EvaluationConfig:
             "fprs": list(self.fprs),
             "attacks": list(self.attacks),
             "ks_statistic": self.ks_statistic,
-            "bands": self.bands.to_dict(),
             "bootstrap": "percentile, rows resampled per split, shared across models (paired gaps)",
         }
 
@@ -141,6 +142,7 @@ def evaluate_models(
     digest_key: bytes | None = None,
     digests: Mapping[str, str] | None = None,
     metadata: Mapping[str, Any] | None = None,
+    model_inputs: Mapping[str, Mapping[str, torch.Tensor]] | None = None,
 ) -> Evaluation:
     """Evaluate every model on every split once and compare all of them with the reference.
 
@@ -154,6 +156,16 @@ def evaluate_models(
 
     ``record_ids`` (per split) are reduced to counts and digests (HMAC with ``digest_key``); ``digests`` are
     caller-computed digests passed through. The serialised report is checked to contain none of the IDs.
+
+    ``model_inputs[model][split]`` replaces that split's inputs for that model only: its own encoding of
+    the same rows, in the same order (the targets stay the split's). Why: every comparison here is paired
+    over *rows* (one set of bootstrap resamples), not over one input tensor, and a model can only be judged
+    on inputs encoded the way it was trained. A text model's vocabulary is fitted on its own training set,
+    so the retrained reference (fitted on the retain rows) maps words to other IDs than the original, and
+    fed the original's encoding it would be scored on inputs it never learned to read. Passing encodings
+    instead of wrapping each model with its featurizer keeps the evaluated modules the registered ones.
+    Models without an entry (and every image model: one featurizer for all) use ``splits``; so does offline
+    LiRA's query, whose references are trained on ``splits``' encoding.
     """
     cfg = config or EvaluationConfig()
     _check_roles(models, original, reference, reference_kind)
@@ -163,7 +175,10 @@ def evaluate_models(
         raise ValueError(f"splits {missing} are missing; evaluation needs {list(REQUIRED_SPLITS)}")
     id_digests = _record_digests(record_ids, checked, digest_key)
 
-    outputs = compute_all(models, checked, batch_size=cfg.batch_size)  # the only forward passes
+    own = _own_splits(models, checked, model_inputs)
+    outputs = {  # the only forward passes
+        m: compute_all({m: model}, own[m], batch_size=cfg.batch_size)[m] for m, model in models.items()
+    }
     sizes = {s: int(split[1].shape[0]) for s, split in checked.items()}
     resampler = Resampler(sizes, n_resamples=cfg.n_resamples, seed=cfg.seed)
     metrics: dict[str, dict[str, _Metric]] = {m: {} for m in models}
@@ -184,9 +199,9 @@ def evaluate_models(
         )
         forget_quality[m] = ks.to_dict()
 
-    gaps, verdicts = _gaps(metrics, forget_quality, reference, cfg)
+    gaps = _gaps(metrics, forget_quality, reference, cfg)
+    drops = _test_accuracy_drops(metrics, original, reference, cfg)
     floor = _detection_floor(metrics, original, reference, cfg)
-    evidence = _evidence(floor, sizes, reference_kind)
 
     for contrast, (mem, non) in CONTRASTS.items():
         if min(sizes[mem], sizes[non]) < SMALL_SAMPLE:
@@ -215,9 +230,8 @@ def evaluate_models(
         shadow=shadow_section,
         forget_quality=forget_quality,
         gaps=gaps,
-        verdicts=verdicts,
+        utility_drop=drops,
         detection_floor=floor,
-        evidence_strength=evidence,
         warnings=warnings,
         digests={**id_digests, **{str(k): str(v) for k, v in (digests or {}).items()}},
         metadata=jsonable_metadata(metadata),
@@ -235,6 +249,30 @@ def shadow_query(splits: Mapping[str, Split]) -> Split:
 
 
 # -- pieces --------------------------------------------------------------------------------------------
+
+
+def _own_splits(
+    models: Mapping[str, nn.Module],
+    splits: Mapping[str, Split],
+    model_inputs: Mapping[str, Mapping[str, torch.Tensor]] | None,
+) -> dict[str, dict[str, Split]]:
+    """Each model's splits: the shared ones, with the inputs it brings its own encoding of swapped in.
+
+    Only inputs are swapped, so every model is scored on the same rows with the same targets; an encoding
+    with another row count cannot be of the same rows and is refused.
+    """
+    given = dict(model_inputs or {})
+    unknown = sorted(set(given) - set(models))
+    if unknown:
+        raise ValueError(f"model_inputs for unknown models {unknown}; have {sorted(models)}")
+    own: dict[str, dict[str, Split]] = {}
+    for m in models:
+        own[m] = dict(splits)
+        for s, inputs in given.get(m, {}).items():
+            if s not in splits:
+                raise ValueError(f"model_inputs[{m!r}] has unknown split {s!r}; have {sorted(splits)}")
+            own[m][s] = validate_split(f"{s} as encoded for {m}", (inputs, splits[s][1]))
+    return own
 
 
 def _check_roles(models: Mapping[str, nn.Module], original: str, reference: str, kind: str) -> None:
@@ -392,7 +430,7 @@ def _shadow(
         if train_fn is None:
             n_classes = max(pe.n_classes for per_split in outputs.values() for pe in per_split.values())
             retain_x, retain_y = splits["retain"]
-            train_fn = MLPTrainer(retain_x, retain_y, n_classes=n_classes)
+            train_fn = reference_trainer(retain_x, retain_y, n_classes=n_classes)  # MLP, or token IDs' bag
             candidates = int(retain_y.shape[0])
         assert candidates is not None
         specs = make_reference_specs(
@@ -406,7 +444,11 @@ def _shadow(
         )
         stats = run_references(specs, map_fn=shadow.map_fn)
         lira = OfflineLira.fit(stats, fixed_variance=shadow.fixed_variance)
-        recipe = "MLPTrainer on the retain split" if shadow.train_fn is None else "caller-supplied train_fn"
+        recipe = (
+            f"{type(train_fn).__name__} on the retain split"
+            if shadow.train_fn is None
+            else "caller-supplied train_fn"
+        )
         fraction: float | None = shadow.fraction
     else:
         stats = list(shadow)
@@ -442,9 +484,10 @@ def _gaps(
     forget_quality: Mapping[str, Mapping[str, Any]],
     reference: str,
     cfg: EvaluationConfig,
-) -> tuple[dict[str, list[dict[str, Any]]], dict[str, dict[str, Any]]]:
+) -> dict[str, list[dict[str, Any]]]:
+    """Every metric of every non-reference model (the original included: it is the no-op control) minus
+    the reference's, with the paired interval from the shared resamples."""
     gaps: dict[str, list[dict[str, Any]]] = {}
-    verdicts: dict[str, dict[str, Any]] = {}
     ref = metrics[reference]
     for m, found in metrics.items():
         if m == reference:
@@ -455,21 +498,27 @@ def _gaps(
             interval = percentile_interval(
                 metric.estimate - r.estimate, metric.replicates - r.replicates, cfg.level
             )
-            rows.append(judge_gap(name, metric.estimate, r.estimate, interval, cfg.bands))
+            own = percentile_interval(r.estimate, r.replicates, cfg.level)
+            rows.append(gap_row(name, metric.estimate, r.estimate, interval, own))
         d = float(forget_quality[m]["d"])
-        rows.append(judge_gap("forget_quality.ks_d", d, 0.0, None, cfg.bands))
+        rows.append(gap_row("forget_quality.ks_d", d, 0.0, None, None))
         gaps[m] = [row.to_dict() for row in rows]
-        failed = [row for row in rows if row.passed is False]
-        gated = [row for row in rows if row.passed is not None]
-        verdicts[m] = {
-            "passed": not failed,
-            "n_gated": len(gated),
-            "n_failed": len(failed),
-            "under_unlearning": [row.metric for row in failed if row.verdict == "under-unlearning"],
-            "over_unlearning": [row.metric for row in failed if row.verdict == "over-unlearning"],
-            "deviates": [row.metric for row in failed if row.verdict == "deviates"],
-        }
-    return gaps, verdicts
+    return gaps
+
+
+def _test_accuracy_drops(
+    metrics: Mapping[str, Mapping[str, _Metric]], original: str, reference: str, cfg: EvaluationConfig
+) -> dict[str, dict[str, float]]:
+    """Test accuracy of the original minus each other model's, paired over the same resampled test rows."""
+    key = "utility.test.accuracy"
+    o = metrics[original][key]
+    return {
+        m: percentile_interval(
+            o.estimate - found[key].estimate, o.replicates - found[key].replicates, cfg.level
+        ).to_dict()
+        for m, found in metrics.items()
+        if m != original
+    }
 
 
 def _detection_floor(
@@ -513,38 +562,4 @@ def _detection_floor(
         "adjusted_level": adjusted,
         "attacks": rows,
         "significant_attacks": significant,
-    }
-
-
-def _evidence(floor: Mapping[str, Any], sizes: Mapping[str, int], reference_kind: str) -> dict[str, str]:
-    rows = floor["attacks"]
-    pool = floor["significant_attacks"] or list(rows)
-    best = max(pool, key=lambda k: abs(rows[k]["gap"]["estimate"]))
-    g = rows[best]["gap_adjusted"]
-    small = min(sizes["forget"], sizes["test"]) < SMALL_SAMPLE
-    if not floor["significant_attacks"]:
-        return {
-            "level": "weak",
-            "reason": (
-                "no attack separates the original model from the reference on the forget rows "
-                "(largest AUC gap "
-                f"{g['estimate']:+.3f}, {floor['adjusted_level']:.3f} interval [{g['ci_low']:+.3f}, "
-                f"{g['ci_high']:+.3f}] includes 0); a candidate that passes the bands is then not shown to "
-                "have forgotten anything these attacks could detect"
-            ),
-        }
-    if small:
-        return {
-            "level": "weak",
-            "reason": f"only {sizes['forget']} forget and {sizes['test']} test rows (< {SMALL_SAMPLE})",
-        }
-    if reference_kind == "proxy":
-        return {"level": "weak", "reason": "the reference is a proxy, not a retrain without the forget rows"}
-    sig = floor["significant_attacks"]
-    return {
-        "level": "adequate",
-        "reason": (
-            f"{len(sig)} attack(s) separate the original from the reference ({', '.join(sig)}); largest AUC "
-            f"gap {g['estimate']:+.3f}, interval [{g['ci_low']:+.3f}, {g['ci_high']:+.3f}] excludes 0"
-        ),
     }

@@ -1,31 +1,25 @@
-"""Forget quality against the retrained reference: the KS test, gaps, and two-sided pass bands.
+"""Forget quality against the retrained reference: the KS test and the paired gaps of every metric.
 
-Why two-sided: exact unlearning means "indistinguishable from retraining without D_f". An unlearned model
-whose forget rows look *less* familiar than the retrained model's (forget accuracy far below retrain's,
-membership AUC well under the reference) is as detectable as one that still remembers them: the Streisand
-effect. So every metric is judged by |M_unlearned − M_reference| ≤ band, and a failure is labelled with its
-direction: ``under-unlearning`` (still looks like a member), ``over-unlearning`` (looks less like a member
-than never-seen data does on the reference) or ``deviates`` (utility or control metrics, where either
-direction is simply a difference).
+This module measures; :mod:`hamu.verdict` judges. Gaps are two-sided on purpose: exact unlearning means
+"indistinguishable from retraining without D_f", and a model whose forget rows look *less* familiar than the
+retrained model's is as detectable as one that still remembers them (the Streisand effect).
+:func:`member_direction` names which sign of a gap means "still looks like a member".
 
 The KS test (``scipy.stats.ks_2samp``) compares the per-example distribution of one statistic (default: the
 loss) on the forget rows between the model and the reference: TOFU's forget quality, with the vision analogue
 of its truth ratio. It is reported as D, p and both n together, because a p-value is not an effect size and is
-not comparable across forget-set sizes; the pass band applies to D.
+not comparable across forget-set sizes; the equivalence band applies to D.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Literal
 
 import numpy as np
 from scipy import stats as sps
 
 from hamu.evaluation.bootstrap import Interval
 from hamu.evaluation.metrics import SMALL_SAMPLE, as_scores
-
-Verdict = Literal["pass", "under-unlearning", "over-unlearning", "deviates", "not gated"]
 
 
 @dataclass(frozen=True)
@@ -60,35 +54,6 @@ def ks_forget_quality(
     )
 
 
-@dataclass(frozen=True)
-class PassBands:
-    """Half-widths of the two-sided bands |M − M_reference| ≤ band; ``None`` reports a metric without gating.
-
-    The defaults are starting points for small classification models, not calibrated thresholds: calibrate
-    them against the seed-to-seed spread of retrained models (train two references and evaluate one against
-    the other; the gaps you see are the floor a band must exceed).
-    """
-
-    accuracy: float | None = 0.05
-    loss: float | None = 0.25
-    auc: float | None = 0.05
-    balanced_accuracy: float | None = 0.05
-    tpr: float | None = 0.05
-    ks_d: float | None = 0.2
-
-    def __post_init__(self) -> None:
-        for name, value in asdict(self).items():
-            if value is not None and not (np.isfinite(value) and value >= 0):
-                raise ValueError(f"pass band {name!r} must be a finite number >= 0 or None, got {value!r}")
-
-    def for_kind(self, kind: str) -> float | None:
-        value: float | None = getattr(self, kind)
-        return value
-
-    def to_dict(self) -> dict[str, float | None]:
-        return asdict(self)
-
-
 def metric_kind(metric: str) -> str:
     """The band a dotted metric path falls under: ``...accuracy`` → accuracy, ``...tpr@0.01`` → tpr, etc."""
     if ".tpr@" in metric:  # the budget itself contains a dot (tpr@0.01)
@@ -112,7 +77,12 @@ def member_direction(metric: str) -> int:
 
 @dataclass(frozen=True)
 class GapResult:
-    """One metric of one model against the reference: values, paired gap with its interval, band, verdict."""
+    """One metric of one model against the reference: both values and the paired gap with its interval.
+
+    ``reference_half_width`` is half the width of the reference's *own* interval for the metric: the
+    sampling noise of the metric on these rows, which sets the floor of its equivalence band
+    (:mod:`hamu.verdict`). Whether a gap passes is decided only there.
+    """
 
     metric: str
     value: float
@@ -120,37 +90,25 @@ class GapResult:
     gap: float
     gap_ci_low: float | None
     gap_ci_high: float | None
-    band: float | None
-    passed: bool | None
-    verdict: Verdict
+    reference_half_width: float | None
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
 
 
-def judge_gap(
-    metric: str, value: float, reference: float, gap: Interval | None, bands: PassBands
+def gap_row(
+    metric: str, value: float, reference: float, gap: Interval | None, reference_interval: Interval | None
 ) -> GapResult:
-    """Apply the two-sided band to one metric and name the direction of a failure."""
-    diff = value - reference if gap is None else gap.estimate
-    band = bands.for_kind(metric_kind(metric))
-    if band is None:
-        passed: bool | None = None
-        verdict: Verdict = "not gated"
-    elif abs(diff) <= band:
-        passed, verdict = True, "pass"
-    else:
-        passed = False
-        sign = member_direction(metric) * np.sign(diff)
-        verdict = "under-unlearning" if sign > 0 else "over-unlearning" if sign < 0 else "deviates"
+    """The paired gap of one metric, with the reference's own sampling noise next to it."""
+    metric_kind(metric)  # every reported metric must belong to a known kind
     return GapResult(
         metric=metric,
         value=float(value),
         reference=float(reference),
-        gap=float(diff),
+        gap=float(value - reference if gap is None else gap.estimate),
         gap_ci_low=None if gap is None else gap.low,
         gap_ci_high=None if gap is None else gap.high,
-        band=band,
-        passed=passed,
-        verdict=verdict,
+        reference_half_width=(
+            None if reference_interval is None else (reference_interval.high - reference_interval.low) / 2
+        ),
     )

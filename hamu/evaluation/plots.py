@@ -156,8 +156,8 @@ def _losses(record: Any, method: str, i: int) -> tuple[float, float]:
     r, f = pair
     if r is None or f is None:
         raise ValueError(
-            f"method {method!r}, record {i}: retain or forget loss is missing (methods without a retain "
-            "objective, e.g. GA, need separately evaluated losses)"
+            f"method {method!r}, record {i}: retain or forget loss is missing (the unlearner records both "
+            "when it is given both retain and forget data, evaluating the side a method has no objective for)"
         )
     r, f = float(r), float(f)
     if not (np.isfinite(r) and np.isfinite(f)):

@@ -25,7 +25,7 @@ import numpy as np
 from hamu.evaluation.attacks import attack_score
 from hamu.evaluation.per_example import PerExample
 
-SCHEMA = "hamu.evaluation/1"
+SCHEMA = "hamu.evaluation/2"  # /2: no verdicts in the report (hamu.verdict decides), utility_drop added
 JSONScalar = str | int | float | bool | None
 
 
@@ -92,9 +92,8 @@ class EvaluationReport:
     shadow: dict[str, Any]
     forget_quality: dict[str, Any]
     gaps: dict[str, list[dict[str, Any]]]
-    verdicts: dict[str, dict[str, Any]]
+    utility_drop: dict[str, dict[str, float]]
     detection_floor: dict[str, Any]
-    evidence_strength: dict[str, str]
     warnings: list[str] = field(default_factory=list)
     digests: dict[str, str] = field(default_factory=dict)
     metadata: dict[str, JSONScalar] = field(default_factory=dict)
@@ -114,9 +113,8 @@ class EvaluationReport:
             "shadow": self.shadow,
             "forget_quality": self.forget_quality,
             "gaps": self.gaps,
-            "verdicts": self.verdicts,
+            "utility_drop": self.utility_drop,
             "detection_floor": self.detection_floor,
-            "evidence_strength": self.evidence_strength,
             "warnings": self.warnings,
         }
         return json.loads(json.dumps(out, allow_nan=False))  # a deep, plain-JSON copy
@@ -129,17 +127,6 @@ class EvaluationReport:
         target = Path(path)
         target.write_text(self.to_json() + "\n", encoding="utf-8")
         return target
-
-    @property
-    def evidence_level(self) -> str:
-        return self.evidence_strength["level"]
-
-    def passed(self, model: str) -> bool:
-        """Whether every gated metric of ``model`` lies inside its band around the reference."""
-        try:
-            return bool(self.verdicts[model]["passed"])
-        except KeyError:
-            raise KeyError(f"no verdict for model {model!r}; have {sorted(self.verdicts)}") from None
 
 
 @dataclass

@@ -40,6 +40,7 @@ from hamu.evaluation.per_example import (
     per_example_from_logits,
     validate_split,
 )
+from hamu.models.nets import TextClassifier
 
 TrainFn = Callable[[np.ndarray, int], nn.Module]
 MapFn = Callable[
@@ -95,6 +96,84 @@ class MLPTrainer:
             nn.functional.cross_entropy(model(x), y).backward()
             opt.step()
         return model.eval()
+
+
+#: Input dtypes read as token IDs (what :class:`hamu.data.tensors.TextFeaturizer` produces), not as values.
+TOKEN_DTYPES = frozenset({torch.int16, torch.int32, torch.int64})
+UNKNOWN_TOKEN = 1  # the featurizers' ``<unk>`` ID (0 is padding)
+
+
+class _KnownTokens(nn.Module):
+    """Map token IDs outside the reference's vocabulary to ``<unk>``.
+
+    A reference's embedding table covers the IDs of its training pool; a query row (forget or test) can hold a
+    higher ID that no training row used. Its embedding would be untrained noise, and an index past the table
+    would raise, so it is read as unknown, as the featurizer reads a token outside its vocabulary.
+    """
+
+    def __init__(self, vocab_size: int) -> None:
+        super().__init__()
+        self.vocab_size = int(vocab_size)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        tokens = tokens.long()
+        return torch.where((tokens >= 0) & (tokens < self.vocab_size), tokens, UNKNOWN_TOKEN)
+
+
+@dataclass(frozen=True)
+class TokenBagTrainer:
+    """The reference recipe for token-ID inputs (text): the text presets' model, full-batch Adam, seeded.
+
+    Why not :class:`MLPTrainer`: token IDs are categories, not magnitudes, so an MLP reading them as numbers
+    models nothing (and a ``Linear`` layer refuses int64 inputs). The model is
+    :class:`hamu.models.TextClassifier` (mean of token embeddings, padding ignored, one hidden layer), the
+    architecture the text presets train, so references are trained like the target, as LiRA asks. Its
+    vocabulary is the pool's highest token ID + 1; higher IDs in query rows read as unknown
+    (:class:`_KnownTokens`). A top-level dataclass, so that it pickles.
+    """
+
+    inputs: torch.Tensor
+    targets: torch.Tensor
+    n_classes: int | None = None
+    embed_dim: int = 32
+    hidden: int = 64
+    steps: int = 300
+    lr: float = 1e-2
+    weight_decay: float = 0.0
+
+    def __call__(self, indices: np.ndarray, seed: int) -> nn.Module:
+        idx = torch.as_tensor(np.asarray(indices, dtype=np.int64))
+        if idx.numel() == 0:
+            raise ValueError("cannot train a reference model on zero rows")
+        if self.inputs.dtype not in TOKEN_DTYPES:
+            raise ValueError(f"token inputs must be integer IDs, got dtype {self.inputs.dtype}")
+        x = self.inputs[idx].reshape(idx.numel(), -1).long()
+        y = self.targets[idx].long()
+        n_classes = self.n_classes or int(self.targets.max()) + 1
+        vocab_size = max(int(self.inputs.max()) + 1, UNKNOWN_TOKEN + 1)
+        with torch.random.fork_rng(devices=[]):  # seeded initialisation, the caller's RNG untouched
+            torch.manual_seed(int(seed))
+            classifier = TextClassifier(vocab_size, self.embed_dim, self.hidden, n_classes)
+        model = nn.Sequential(_KnownTokens(vocab_size), classifier)
+        opt = torch.optim.Adam(model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        for _ in range(self.steps):
+            opt.zero_grad(set_to_none=True)
+            nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+        return model.eval()
+
+
+def reference_trainer(
+    inputs: torch.Tensor, targets: torch.Tensor, n_classes: int | None = None
+) -> MLPTrainer | TokenBagTrainer:
+    """The default reference recipe for a pool of rows, chosen from what the inputs are.
+
+    Integer inputs (:data:`TOKEN_DTYPES`) are token IDs from a text featurizer: :class:`TokenBagTrainer`.
+    Anything else is real-valued (image pixels, features): :class:`MLPTrainer` on the flattened inputs.
+    """
+    if inputs.dtype in TOKEN_DTYPES:
+        return TokenBagTrainer(inputs, targets, n_classes=n_classes)
+    return MLPTrainer(inputs, targets, n_classes=n_classes)
 
 
 def query_digest(query: Split) -> str:
@@ -259,9 +338,10 @@ class OfflineLira:
 class ShadowConfig:
     """How :func:`hamu.evaluation.evaluate.evaluate_models` runs offline LiRA.
 
-    ``train_fn=None`` uses :class:`MLPTrainer` on the *retain* split (which holds no forget or test row) and
-    ``candidates`` = all retain rows. With a custom ``train_fn``, ``candidates`` must be given: the caller's
-    row indices that exclude the forget and test rows. ``map_fn`` fans the K trainings out.
+    ``train_fn=None`` uses :func:`reference_trainer` (an MLP, or for token IDs an embedding-bag classifier) on
+    the *retain* split (which holds no forget or test row) and ``candidates`` = all retain rows. With a custom
+    ``train_fn``, ``candidates`` must be given: the caller's row indices that exclude the forget and test
+    rows. ``map_fn`` fans the K trainings out.
     """
 
     k: int = DEFAULT_K

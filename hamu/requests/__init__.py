@@ -16,6 +16,8 @@ from hamu.requests.intake import DEFAULT_MAX_BYTES, MAX_CLOCK_SKEW
 from hamu.requests.queue import RequestQueue, SubmitResult, default_queue_url
 from hamu.requests.schema import (
     BATCH_ID_PATTERN,
+    DEFAULT_PROMOTION_DEADLINE,
+    PROMOTION_DEADLINE_ENV,
     RECORD_ID_PATTERN,
     REQUEST_ID_PATTERN,
     REQUIRED_COLUMNS,
@@ -25,12 +27,15 @@ from hamu.requests.schema import (
     Verdict,
     is_valid_record_id,
     is_valid_request_id,
+    promotion_deadline,
 )
 
 __all__ = [
     "BATCH_ID_PATTERN",
     "DEFAULT_MAX_BYTES",
+    "DEFAULT_PROMOTION_DEADLINE",
     "MAX_CLOCK_SKEW",
+    "PROMOTION_DEADLINE_ENV",
     "RECORD_ID_PATTERN",
     "REQUEST_ID_PATTERN",
     "REQUIRED_COLUMNS",
@@ -48,4 +53,5 @@ __all__ = [
     "default_queue_url",
     "is_valid_record_id",
     "is_valid_request_id",
+    "promotion_deadline",
 ]

@@ -2,15 +2,22 @@
 
 States and who moves them::
 
-    submit_file ──► pending ──claim_batch──► claimed ──mark_erased──► erased
-                       ▲                        │  └────mark_rejected──► rejected
-                       └──release_batch/stale───┘
+    submit_file ──► pending ──claim_batch──► claimed ──mark_unlearned──► unlearned ──mark_served──► erased
+                       ▲                        │ │    (batch close: a      (promotion: the served
+                       └─────release_batch──────┘ │    candidate lacks it)   model lacks it)
+                                                  └──mark_rejected──► rejected
+
+``overdue`` is derived, not stored: an ``unlearned`` request that has waited longer than a deadline for a
+promotion (:meth:`RequestQueue.list_overdue`).
 
 Every method is one database transaction, so a failure leaves the queue as it was. On SQLite every
 write transaction starts with ``BEGIN IMMEDIATE``: the write lock is taken before anything is read, so
 two processes claiming at once are serialised (the second waits up to the busy timeout, then gets only
 what is left, or :class:`QueueBusyError`). On PostgreSQL the claim's sub-select uses
 ``FOR UPDATE SKIP LOCKED`` and the ``status = 'pending'`` guard is re-checked by the UPDATE itself.
+
+A table created before ``unlearned`` existed has a status CHECK constraint that refuses it; opening the
+queue widens that constraint once, under the write lock, keeping every row (see :func:`_widen_status_check`).
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
+    CheckConstraint,
     Connection,
     Engine,
     Update,
@@ -40,11 +48,13 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.schema import AddConstraint, DropConstraint
 
 from hamu.requests.errors import LineProblem, QueueBusyError, QueueStateError, RequestFileError
 from hamu.requests.intake import DEFAULT_MAX_BYTES, FileFormat, load_request_file, parse_requests
 from hamu.requests.schema import (
     BATCH_ID_PATTERN,
+    DEFAULT_PROMOTION_DEADLINE,
     Request,
     Status,
     Verdict,
@@ -99,6 +109,55 @@ def _check_batch_id(batch_id: str) -> None:
         raise ValueError(f"batch_id {batch_id!r} does not match {BATCH_ID_PATTERN}")
 
 
+def _check_model_version(model_version: str) -> None:
+    if not isinstance(model_version, str) or not model_version.strip():
+        raise ValueError("model_version must be a non-empty string")
+
+
+def _status_check() -> CheckConstraint:
+    """The table's status CHECK constraint, as this code declares it (every :class:`Status` value)."""
+    for constraint in _T.constraints:
+        if isinstance(constraint, CheckConstraint) and constraint.name == "ck_deletion_requests_status":
+            return constraint
+    raise LookupError("deletion_requests declares no status CHECK constraint")  # pragma: no cover
+
+
+def _status_check_is_current(conn: Connection) -> bool:
+    """False if the stored table's status CHECK omits a status this code writes (a table made by older code).
+
+    A table without that constraint accepts every status, so it needs nothing.
+    """
+    name = _status_check().name
+    for found in inspect(conn).get_check_constraints(_T.name):
+        if found["name"] == name:
+            return all(f"'{s.value}'" in found["sqltext"] for s in Status)
+    return True
+
+
+def _widen_status_check(conn: Connection) -> None:
+    """Replace an older status CHECK with the current one, keeping every row (in the caller's transaction).
+
+    The new constraint only admits more values, so every existing row satisfies it. PostgreSQL (and any
+    database with ``ALTER TABLE … DROP CONSTRAINT``) swaps the constraint in place; SQLite cannot alter a
+    constraint, so the table is rebuilt as its documented procedure says: move the old table aside, create
+    the current one with its indexes, copy every row (``id`` included, so arrival order is kept), drop the
+    old one. Either way the change commits with the caller's transaction or not at all.
+    """
+    if conn.dialect.name != "sqlite":
+        conn.execute(DropConstraint(_status_check()))
+        conn.execute(AddConstraint(_status_check()))
+        return
+    old = f"{_T.name}_before_unlearned"
+    for index in inspect(conn).get_indexes(_T.name):
+        if index["name"]:
+            conn.exec_driver_sql(f'DROP INDEX "{index["name"]}"')
+    conn.exec_driver_sql(f'ALTER TABLE "{_T.name}" RENAME TO "{old}"')
+    _T.create(conn)
+    columns = ", ".join(f'"{c.name}"' for c in _T.columns)
+    conn.exec_driver_sql(f'INSERT INTO "{_T.name}" ({columns}) SELECT {columns} FROM "{old}"')
+    conn.exec_driver_sql(f'DROP TABLE "{old}"')
+
+
 def _listed(items: Sequence[str]) -> str:
     shown = ", ".join(items[:_MAX_LISTED])
     return shown + (f" and {len(items) - _MAX_LISTED} more" if len(items) > _MAX_LISTED else "")
@@ -134,8 +193,10 @@ class RequestQueue:
     """Deletion requests in any SQLAlchemy database (SQLite file by default).
 
     The queue is the only writer of request state; the pipeline reads snapshots (:class:`Request`) and
-    reports back through :meth:`record_verdicts`, :meth:`mark_erased` and :meth:`mark_rejected`, which
-    refuse to touch requests the calling batch does not hold.
+    reports back through :meth:`record_verdicts`, :meth:`mark_unlearned` and :meth:`mark_rejected`, which
+    refuse to touch requests the calling batch does not hold. Promotion reports through
+    :meth:`mark_served`, which names records, not a batch: a promoted version may serve the erasure of
+    requests closed by older, never-promoted batches.
     """
 
     def __init__(
@@ -166,12 +227,19 @@ class RequestQueue:
         self._create_schema()
 
     def _create_schema(self) -> None:
-        """Create the table if missing; the write lock is only taken when something must be created."""
+        """Create the table if missing, or bring an older one's status CHECK up to date.
+
+        The write lock is only taken when something must change, and everything is checked again under
+        it: another process opening the same database may have done the work already.
+        """
         with self._transaction(write=False) as conn:
-            if inspect(conn).has_table(_T.name):
+            if inspect(conn).has_table(_T.name) and _status_check_is_current(conn):
                 return
         with self._transaction(write=True) as conn:
-            metadata.create_all(conn)  # checks again under the lock: another process may have won
+            if not inspect(conn).has_table(_T.name):
+                metadata.create_all(conn)
+            elif not _status_check_is_current(conn):
+                _widen_status_check(conn)
 
     def _install_sqlite_locking(self, *, file_backed: bool) -> None:
         """Take transaction control away from pysqlite so writes can start with BEGIN IMMEDIATE.
@@ -342,16 +410,10 @@ class RequestQueue:
     def release_batch(self, batch_id: str) -> int:
         """Put a batch's still-claimed requests back to pending (its verdicts are cleared); return how many.
 
-        Requests the batch already erased or rejected stay so: only unfinished work goes back.
+        Requests the batch already unlearned or rejected stay so: only unfinished work goes back.
         """
         _check_batch_id(batch_id)
         return self._release(_T.c.batch_id == batch_id)
-
-    def release_stale(self, older_than: timedelta) -> int:
-        """Release every claim made more than ``older_than`` ago (its process presumably crashed)."""
-        if older_than < timedelta(0):
-            raise ValueError(f"older_than must not be negative, got {older_than}")
-        return self._release(_T.c.claimed_at < self._now() - older_than)
 
     # ------------------------------------------------------------------ outcomes
 
@@ -411,13 +473,13 @@ class RequestQueue:
         return len(params)
 
     def _close(self, batch_id: str, request_ids: Sequence[str] | None, status: Status, **values: Any) -> int:
-        """Move held requests to a final status in one transaction (``None``: all the batch's rejections)."""
+        """Close held requests as unlearned or rejected, in one transaction (``None``: all its rejections)."""
         stmt = (
             update(_T)
             .where(_T.c.request_id == bindparam("b_request_id"))
             .values(status=status.value, updated_at=self._now(), **values)
         )
-        if status is Status.ERASED:
+        if status is Status.UNLEARNED:
 
             def allowed(row: Any) -> str | None:
                 return (
@@ -448,17 +510,45 @@ class RequestQueue:
                 conn.execute(stmt, [{"b_request_id": r} for r in request_ids])
         return len(request_ids)
 
-    def mark_erased(self, batch_id: str, request_ids: Iterable[str], model_version: str) -> int:
-        """Close accepted requests as erased, naming the model version that no longer carries them.
+    def mark_unlearned(self, batch_id: str, request_ids: Iterable[str], model_version: str) -> int:
+        """Close accepted requests as unlearned, naming the candidate version that no longer carries them.
 
-        Only requests this batch holds with an ``accepted`` verdict can be erased, so an unvalidated or
-        rejected request can never be reported as erased.
+        Only requests this batch holds with an ``accepted`` verdict can be closed so, and an unvalidated or
+        rejected request can never be reported as unlearned. Not ``erased``: the candidate is not served
+        until it is promoted (:meth:`mark_served`). The close time (``updated_at``) starts the promotion
+        deadline.
         """
         _check_batch_id(batch_id)
-        if not isinstance(model_version, str) or not model_version.strip():
-            raise ValueError("model_version must be a non-empty string")
+        _check_model_version(model_version)
         ids = list(dict.fromkeys(request_ids))
-        return self._close(batch_id, ids, Status.ERASED, model_version=model_version)
+        return self._close(batch_id, ids, Status.UNLEARNED, model_version=model_version)
+
+    def mark_served(self, record_ids: Iterable[str], model_version: str) -> int:
+        """Unlearned → erased for every request whose record the now-served ``model_version`` lacks.
+
+        Promotion calls this with the raw record IDs the promoted version no longer carries; that covers
+        its own batch's requests and those carried over from older candidates that were never promoted,
+        which is why it takes records, not a batch. ``model_version`` becomes the served version. Requests
+        in any other status are untouched, so a second call changes nothing (idempotent) and an erased
+        request keeps the version that first served its erasure. One transaction; returns how many moved.
+        """
+        if isinstance(record_ids, str):
+            raise TypeError("record_ids must be a collection of record IDs, not a single string")
+        ids = sorted(set(record_ids))
+        if not all(isinstance(r, str) for r in ids):
+            raise TypeError("record_ids must be strings")
+        _check_model_version(model_version)
+        values = {"status": Status.ERASED.value, "model_version": model_version, "updated_at": self._now()}
+        moved = 0
+        with self._transaction(write=True) as conn:
+            for part in _chunks(ids):
+                stmt = (
+                    update(_T)
+                    .where(_T.c.status == Status.UNLEARNED.value, _T.c.record_id.in_(part))
+                    .values(**values)
+                )
+                moved += conn.execute(stmt).rowcount
+        return moved
 
     def mark_rejected(self, batch_id: str, request_ids: Iterable[str] | None = None) -> int:
         """Close requests whose recorded verdict is a rejection (all of the batch's, if none are named).
@@ -489,6 +579,29 @@ class RequestQueue:
         with self._transaction(write=False) as conn:
             return [Request.from_row(r) for r in conn.execute(stmt)]
 
+    def list_overdue(
+        self, deadline: timedelta = DEFAULT_PROMOTION_DEADLINE, *, now: datetime | None = None
+    ) -> builtins.list[Request]:
+        """Unlearned requests that have waited longer than ``deadline`` for a promotion, oldest first.
+
+        ``overdue`` is derived, not stored, so a changed deadline applies at once and no job has to flip
+        rows. ``now`` defaults to the queue's clock; the rule is :meth:`Request.is_overdue`'s.
+        """
+        if not isinstance(deadline, timedelta) or deadline < timedelta(0):
+            raise ValueError(f"deadline must be a non-negative timedelta, got {deadline!r}")
+        now = self._now() if now is None else now.astimezone(UTC)
+        try:
+            cutoff = now - deadline
+        except OverflowError:  # a deadline reaching back before year 1: nothing can be that old
+            return []
+        stmt = (
+            select(_T)
+            .where(_T.c.status == Status.UNLEARNED.value, _T.c.updated_at < cutoff)
+            .order_by(_T.c.updated_at, _T.c.id)
+        )
+        with self._transaction(write=False) as conn:
+            return [Request.from_row(r) for r in conn.execute(stmt)]
+
     def counts(self) -> dict[str, int]:
         """Number of requests per status (every status present, zeros included)."""
         result = {s.value: 0 for s in Status}
@@ -498,8 +611,18 @@ class RequestQueue:
         return result
 
     def erased_record_ids(self) -> set[str]:
-        """Record IDs some request already erased (input to the ``already-erased`` verdict)."""
+        """Record IDs removed from some model version: requests ``unlearned`` or ``erased``.
+
+        Input to the ``already-erased`` verdict (a record is not unlearned twice) and to erasure lineage:
+        every later candidate must carry these removals over, whether or not a promotion has served them.
+        """
+        return self._record_ids(Status.UNLEARNED, Status.ERASED)
+
+    def served_erased_record_ids(self) -> set[str]:
+        """Record IDs whose erasure a promotion served (``erased`` only): what a rollback must not undo."""
+        return self._record_ids(Status.ERASED)
+
+    def _record_ids(self, *statuses: Status) -> set[str]:
+        stmt = select(_T.c.record_id).where(_T.c.status.in_([s.value for s in statuses])).distinct()
         with self._transaction(write=False) as conn:
-            return set(
-                conn.scalars(select(_T.c.record_id).where(_T.c.status == Status.ERASED.value).distinct())
-            )
+            return set(conn.scalars(stmt))

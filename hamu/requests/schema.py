@@ -6,9 +6,10 @@ names the validation task writes, the status names an auditor reads) is defined 
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -60,12 +61,44 @@ class Reason(StrEnum):
 
 
 class Status(StrEnum):
-    """Where a request is in its life: ``pending → claimed → erased | rejected`` (claimed can go back)."""
+    """Where a request is in its life: ``pending → claimed → unlearned → erased`` or ``claimed → rejected``.
+
+    ``unlearned`` and ``erased`` are kept apart because a requester is owed the second: ``unlearned`` means a
+    *candidate* model version without the record exists, ``erased`` that the *served* model (``champion``)
+    no longer carries it, which only a promotion can make true. A claim can go back to ``pending``.
+    """
 
     PENDING = "pending"
     CLAIMED = "claimed"
-    REJECTED = "rejected"
+    UNLEARNED = "unlearned"
     ERASED = "erased"
+    REJECTED = "rejected"
+
+
+#: How long an ``unlearned`` request may wait for a promotion before it is reported ``overdue``.
+DEFAULT_PROMOTION_DEADLINE = timedelta(days=30)
+#: The environment variable (in days, may be fractional) that overrides :data:`DEFAULT_PROMOTION_DEADLINE`.
+PROMOTION_DEADLINE_ENV = "HAMU_PROMOTION_DEADLINE_DAYS"
+
+
+def promotion_deadline(days: str | float | None) -> timedelta:
+    """The deadline for ``days`` (a number, or its text as an environment variable holds it).
+
+    ``None`` or blank text gives :data:`DEFAULT_PROMOTION_DEADLINE`. Anything else that is not a finite,
+    non-negative number raises ``ValueError``: a mistyped setting must not silently hide overdue requests.
+    """
+    if days is None or (isinstance(days, str) and not days.strip()):
+        return DEFAULT_PROMOTION_DEADLINE
+    try:
+        value = float(days)
+    except ValueError:
+        raise ValueError(f"promotion deadline {days!r} is not a number of days") from None
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"promotion deadline must be a finite, non-negative number of days, got {days!r}")
+    try:
+        return timedelta(days=value)
+    except OverflowError:
+        raise ValueError(f"promotion deadline of {days!r} days is out of range") from None
 
 
 class Verdict(StrEnum):
@@ -163,6 +196,25 @@ class Request:
     submitted_at: datetime
     source_sha256: str
     model_version: str | None
+
+    @property
+    def unlearned_at(self) -> datetime | None:
+        """When a candidate without the record appeared, for an ``unlearned`` request; otherwise ``None``.
+
+        This is ``updated_at``: the batch close sets it, and nothing writes an unlearned row again until
+        promotion makes it ``erased``, so no extra column (and no migration) is needed to keep it.
+        """
+        return self.updated_at if self.status is Status.UNLEARNED else None
+
+    def pending_promotion(self, now: datetime) -> timedelta | None:
+        """How long an ``unlearned`` request has waited for the served model to drop its record, else None."""
+        since = self.unlearned_at
+        return None if since is None else now - since
+
+    def is_overdue(self, deadline: timedelta, now: datetime) -> bool:
+        """True for an ``unlearned`` request that has waited longer than ``deadline`` (a derived state)."""
+        waited = self.pending_promotion(now)
+        return waited is not None and waited > deadline
 
     @classmethod
     def from_row(cls, row: Any) -> Request:

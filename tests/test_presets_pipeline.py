@@ -1,0 +1,113 @@
+"""The deletion-batch pipeline on the text preset (tweets-cpu, shrunk to 900/300 tweets and 2 epochs): real
+Prefect (one test harness), a real MLflow SQLite store and registry, real tweets and real training; nothing
+is mocked.
+
+One batch that retrains exactly: the LiRA shadow stage trains its references on token IDs, the retrained
+reference (and the retrain candidate, the same model) is evaluated on its own vocabulary, and the candidate
+is registered with the reference's featurizer and model config, so it loads back from the registry.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+pytestmark = pytest.mark.slow
+
+PRESET = "tweets-cpu"
+TRAIN_ROWS, TEST_ROWS, FORGET_ROWS = 900, 300, 40
+
+
+def _submit(home: Path, records: list[str]) -> None:
+    from flows.cli import app
+
+    received = (datetime.now(UTC) - timedelta(minutes=2)).isoformat()
+    path = home / "requests.csv"
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["request_id", "record_id", "reason", "received_at"])
+        writer.writerows((f"req-{i:03d}", rec, "privacy", received) for i, rec in enumerate(records))
+    result = CliRunner().invoke(app, ["requests", "submit", str(path)])
+    assert result.exit_code == 0, result.output
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """HAMU_HOME, MLflow and a Prefect harness, with the tweets-cpu preset shrunk for the test."""
+    from hamu.train.recipe import PRESETS
+
+    root = tmp_path_factory.mktemp("hamu-home-text")
+    preset = PRESETS[PRESET]
+    shrunk = dataclasses.replace(
+        preset, train_size=TRAIN_ROWS, test_size=TEST_ROWS, recipe=preset.recipe.with_options(epochs=2)
+    )
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(PRESETS, PRESET, shrunk)
+        mp.setenv("HAMU_HOME", str(root))
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+        mp.delenv("HAMU_AUDIT_KEY", raising=False)
+        from tasks.env import configure_environment
+
+        configure_environment(root)
+        from prefect.testing.utilities import prefect_test_harness
+
+        with prefect_test_harness(server_startup_timeout=120):
+            yield root
+
+
+@pytest.fixture(scope="module")
+def summary(home: Path) -> dict[str, Any]:
+    """One batch of 40 erasures; a step budget no retrain of 900 tweets can lose to makes the cost-aware
+    gate retrain exactly."""
+    from flows.config import BatchConfig
+    from flows.deletion_batch import deletion_batch
+    from tasks.models import load_preset_data
+
+    _submit(home, load_preset_data(PRESET).manifest_ids[:FORGET_ROWS])
+    config = BatchConfig(
+        preset=PRESET,
+        method="hamu-q",
+        max_steps=100_000,
+        batch_size=64,
+        gate_policy="warn",
+        cost_aware=True,
+        eval_retain_rows=300,
+        shadow_models=2,
+    )
+    return deletion_batch(config)
+
+
+def test_text_batch_completes_with_lira_on_token_ids(summary: dict[str, Any], home: Path) -> None:
+    import json
+
+    assert summary["status"] == "completed", summary
+    assert summary["action"] == "retrain"
+    assert summary["verdicts"]["accepted"] == FORGET_ROWS
+    report = json.loads(Path(summary["report_path"]).read_text())
+    assert report["shadow"]["status"] == "run"
+    assert report["shadow"]["recipe"] == "precomputed reference statistics"
+    assert set(report["shadow"]["models"]) == {"original", "retrained", "unlearned"}
+
+
+def test_retrain_candidate_is_registered_with_the_reference_featurizer(
+    summary: dict[str, Any], home: Path
+) -> None:
+    from hamu.models import read_checkpoint_metadata
+    from tasks.models import load_version
+
+    name = f"hamu-{PRESET}"
+    candidate = load_version(name, summary["model_version"])  # rebuilds the model from its metadata
+    champion = load_version(name, "1")
+    assert candidate.metadata["role"] == "retrained"
+    vocab = candidate.featurizer.to_config()["vocab"]
+    assert vocab != champion.featurizer.to_config()["vocab"]
+    assert candidate.metadata["config"]["vocab_size"] == len(vocab)
+    (reference,) = (home / "models" / "references").glob("*.safetensors")
+    assert candidate.metadata["featurizer"] == read_checkpoint_metadata(reference)["featurizer"]
