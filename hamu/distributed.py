@@ -45,15 +45,23 @@ class SplitPairing:
 
     def pair(self, computed: Mapping[Role, ObjectiveGradient]) -> PairedGradients:
         local = computed[self.role]
-        packed = torch.cat([local.flat, local.loss.reshape(1), local.norm.reshape(1)])
+        # One buffer in at least float32: half-precision gradients are exact there, the loss and norm keep
+        # their precision, and the mean over pairs is not rounded to half precision.
+        wire = torch.promote_types(torch.promote_types(local.flat.dtype, local.loss.dtype), torch.float32)
+        packed = torch.cat(
+            [local.flat.to(wire), local.loss.reshape(1).to(wire), local.norm.reshape(1).to(wire)]
+        )
         gathered = [torch.empty_like(packed) for _ in range(self.world)]
         dist.all_gather(gathered, packed, group=self.group)
         # Rows alternate retain, forget, retain, forget, ... → (pairs, 2, n) and average over pairs.
         pairs = torch.stack(gathered).view(self.world // 2, 2, -1).mean(dim=0)
         retain, forget = pairs[0], pairs[1]
+        # The gradients go back in the parameters' dtype: the method's update is assigned as ``p.grad``,
+        # which must match the parameter's dtype (a float32 grad on a bfloat16 parameter raises).
+        grad_dtype = local.flat.dtype
         return PairedGradients(
-            retain=retain[:-2],
-            forget=forget[:-2],
+            retain=retain[:-2].to(grad_dtype),
+            forget=forget[:-2].to(grad_dtype),
             retain_loss=retain[-2],
             forget_loss=forget[-2],
             retain_norm=retain[-1],

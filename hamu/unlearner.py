@@ -22,6 +22,8 @@ sign-correct stopping rule ends the run without applying that step.
 from __future__ import annotations
 
 import copy
+import itertools
+import logging
 import math
 import random
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -48,6 +50,8 @@ STOP_MAX_STEPS = "max_steps"
 STOP_INFEASIBLE = "infeasible"
 STOP_DEGRADATION = "degradation_unavoidable"
 STOP_CALLBACK = "callback"
+
+logger = logging.getLogger("hamu")
 
 
 class NonFiniteError(FloatingPointError):
@@ -177,6 +181,25 @@ def resolve_device(name: str) -> torch.device:
         raise ValueError(f"unknown device {name!r}: {exc}") from None
 
 
+def auto_move_message(model: nn.Module, name: str, target: torch.device) -> str | None:
+    """What to tell the user when ``device=name`` moves ``model`` (in place) to another device, else None.
+
+    Only ``auto`` moves a model without the caller naming the device: a CPU model silently going to CUDA
+    surprises whoever keeps using the model object (its tensors, optimizers and inputs are then elsewhere).
+    """
+    if name != "auto":
+        return None
+    current = sorted({str(t.device) for t in itertools.chain(model.parameters(), model.buffers())})
+    if target.type == "cuda" and target.index is None:
+        target = torch.device("cuda", torch.cuda.current_device())  # where .to("cuda") puts it
+    if all(d == str(target) for d in current):
+        return None
+    return (
+        f"device='auto' moves the model in place from {', '.join(current)} to {target} "
+        f"(pass device={current[0]!r} in UnlearnConfig to keep it where it is)"
+    )
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     torch.manual_seed(seed)
@@ -258,6 +281,9 @@ class Unlearner:
         self.config = config
         self.method = config.build_method()
         self.device = resolve_device(config.device)
+        message = auto_move_message(model, config.device, self.device)
+        if message is not None:
+            logger.warning(message)
         self.model = model.to(self.device)
         self.loss_fn = loss_fn
         named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]

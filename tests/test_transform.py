@@ -24,7 +24,7 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 
 SHAPES = [(4, 3), (3,), (2, 2, 2), (5,), (1,), (6, 2)]
 VARIANTS = ("hamu-q", "hamu-u")
-SPLITS = ("grad-norm", "equal", "softmax")
+SPLITS = ("grad-norm", "equal", "softmax", "grad-norm-unnormalised")
 LR = 0.05
 FEAS_RTOL = 1e-9
 
@@ -59,8 +59,11 @@ def effective(variant: str, g_r: np.ndarray, g_f: np.ndarray) -> tuple[np.ndarra
     return (g_r, g_f) if variant == "hamu-q" else (-g_f, -g_r)
 
 
-def expected_shares(split: str, g_r: list[np.ndarray], g_f: list[np.ndarray]) -> np.ndarray:
-    """B_t / B for each split rule, from the definitions."""
+def expected_shares(
+    split: str, g_r: list[np.ndarray], g_f: list[np.ndarray], eff_norm: float | None = None
+) -> np.ndarray:
+    """B_t / B for each split rule, from the definitions. The unnormalised split's shares do not sum to 1:
+    ‖g_r,t‖‖g_f,t‖ with the lr radius, divided by ‖e_r‖ (``eff_norm``) with a fixed radius."""
     n = len(g_r)
     if split == "equal":
         return np.full(n, 1.0 / n)
@@ -69,6 +72,8 @@ def expected_shares(split: str, g_r: list[np.ndarray], g_f: list[np.ndarray]) ->
         w = np.exp(neg_kappa - neg_kappa.max())
         return w / w.sum()
     w = np.array([np.linalg.norm(r) * np.linalg.norm(f) for r, f in zip(g_r, g_f, strict=True)])
+    if split == "grad-norm-unnormalised":
+        return w if eff_norm is None else w / eff_norm
     return w / w.sum()
 
 
@@ -103,16 +108,23 @@ def test_layerwise_equals_per_block_solution(
         else:
             R_total = 0.3
             radii = np.array([R_total * np.linalg.norm(x) / np.linalg.norm(o) for x in os_])
-        shares = expected_shares(split, rs, fs)
+        shares = expected_shares(split, rs, fs, None if radius_mode == "lr" else float(np.linalg.norm(o)))
         # The largest B for which every block is feasible (B_t ≤ R_t‖c_t‖); use a fraction of it.
         B_max = min(radii[t] * np.linalg.norm(cs[t]) / shares[t] for t in range(len(SHAPES)))
+        if split == "grad-norm-unnormalised":  # scale-free: every block is feasible iff c ≤ 1
+            assert B_max == pytest.approx(LR if radius_mode == "lr" else R_total, rel=1e-12)
         B = B_max * [0.1, 0.5, 0.9, 0.99, 0.3, 0.7][draw]
         cfg = _config(variant, split, radius_mode, B, R_total)
         out = run(cfg, g_r, g_f)
 
         np.testing.assert_allclose(out.radius.numpy(), radii, rtol=1e-12)
         np.testing.assert_allclose(out.constraint.numpy(), B * shares, rtol=1e-12)
-        assert out.constraint.sum().item() == pytest.approx(B, rel=1e-12)  # Σ B_t = B
+        # Σ B_t = B, except under the unnormalised split, whose total is B·Σ shares (B·S with the lr radius).
+        B_total = B * shares.sum()
+        if split != "grad-norm-unnormalised":
+            assert B_total == pytest.approx(B, rel=1e-12)
+        assert out.constraint.sum().item() == pytest.approx(B_total, rel=1e-12)
+        assert out.constraint_total.item() == pytest.approx(B_total, rel=1e-12)
         assert (out.radius.square().sum().item()) == pytest.approx(R_total**2, rel=1e-12)  # Σ R_t² = R²
         np.testing.assert_allclose(
             out.kappa.numpy(), [r @ f for r, f in zip(rs, fs, strict=True)], rtol=1e-12
@@ -142,7 +154,7 @@ def test_layerwise_equals_per_block_solution(
             seen_branches.add(labels[t])
         assert not bool(out.stop_infeasible)
         # Every block feasible ⇒ the concatenated update is feasible for the whole-model problem.
-        assert c @ delta >= B * (1 - FEAS_RTOL)
+        assert c @ delta >= B_total * (1 - FEAS_RTOL)
         assert np.linalg.norm(delta) <= R_total * (1 + FEAS_RTOL)
         # Diagnostics agree with the update actually returned.
         assert out.predicted_retain_change.item() == pytest.approx(g_r @ delta, rel=1e-9, abs=1e-15)
@@ -378,6 +390,129 @@ def test_block_without_forget_gradient_takes_plain_descent() -> None:
     np.testing.assert_allclose(segments(out.update.numpy())[2], -LR * segments(g_r)[2], rtol=1e-12)
 
 
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_unnormalised_split_is_feasible_where_the_normalised_is_not(
+    qp_oracle: Callable, variant: str
+) -> None:
+    """Gradients of a nearly converged model (S = Σ_t‖g_r,t‖‖g_f,t‖ ≪ 1) and c between S and 1: the
+    normalised grad-norm split is infeasible in every block (it needs S ≥ c), the unnormalised one
+    (B_t = B·‖g_r,t‖‖g_f,t‖) is feasible in every block, each block's update is the optimum of its own problem
+    (checked against the numerical oracle), every block moves η‖e_r,t‖ with the forced cosine c (k̂ = c
+    instead of c/S), and the update meets the split's total c·η·S, the total the stopping rule uses."""
+    rng = np.random.default_rng(61 + VARIANTS.index(variant))
+    n_direct = n_rectified = 0
+    for draw in range(8):
+        g_r, g_f = random_pair(rng)
+        g_r, g_f = 0.02 * g_r, 0.03 * g_f
+        o, c = effective(variant, g_r, g_f)
+        rs, fs, os_, cs = segments(g_r), segments(g_f), segments(o), segments(c)
+        S = sum(np.linalg.norm(r) * np.linalg.norm(f) for r, f in zip(rs, fs, strict=True))
+        ratio = [0.1, 0.5, 0.9, 0.99][draw % 4]
+        assert S < ratio <= 1
+
+        normalised = run(HamuConfig(variant=variant, constraint_ratio=ratio), g_r, g_f)  # type: ignore[arg-type]
+        assert bool(normalised.stop_infeasible)
+        assert normalised.branch_counts[BRANCH_LABELS.index("infeasible")].item() == len(SHAPES)
+
+        cfg = HamuConfig(variant=variant, constraint_ratio=ratio, split="grad-norm-unnormalised")  # type: ignore[arg-type]
+        out = run(cfg, g_r, g_f)
+        assert not bool(out.stop_infeasible)
+        B = ratio * LR
+        shares = np.array([B * np.linalg.norm(r) * np.linalg.norm(f) for r, f in zip(rs, fs, strict=True)])
+        np.testing.assert_allclose(out.constraint.numpy(), shares, rtol=1e-12)
+        assert out.constraint_total.item() == pytest.approx(B * S, rel=1e-12)
+        deltas = segments(out.update.numpy())
+        total_value = 0.0
+        for t in range(len(SHAPES)):
+            R_t = LR * np.linalg.norm(os_[t])
+            ref = qp_oracle(os_[t], cs[t], R_t, shares[t])
+            assert ref.feasible, (draw, t)
+            assert os_[t] @ deltas[t] == pytest.approx(ref.value, abs=1e-6 * R_t * np.linalg.norm(os_[t]))
+            assert np.linalg.norm(deltas[t]) <= R_t * (1 + FEAS_RTOL)
+            assert cs[t] @ deltas[t] >= shares[t] * (1 - FEAS_RTOL)
+            total_value += ref.value
+            label = BRANCH_LABELS[int(out.blocks.branch[t])]
+            cos = os_[t] @ cs[t] / (np.linalg.norm(os_[t]) * np.linalg.norm(cs[t]))
+            if label == "colinear":  # the one-element tensor: not a unique optimum
+                continue
+            np.testing.assert_allclose(deltas[t], ref.x, atol=1e-5 * R_t)
+            assert np.linalg.norm(deltas[t]) == pytest.approx(R_t, rel=1e-10)
+            if cos <= -ratio:
+                n_direct += 1
+                assert label == "direct"
+            else:
+                n_rectified += 1
+                assert label == "rectified"
+                # Forced share of the step along ĉ_t: exactly c, whatever the gradient scale.
+                assert cs[t] @ deltas[t] / np.linalg.norm(cs[t]) == pytest.approx(ratio * R_t, rel=1e-9)
+        delta = out.update.numpy()
+        assert c @ delta >= B * S * (1 - FEAS_RTOL)
+        assert np.linalg.norm(delta) <= LR * np.linalg.norm(o) * (1 + FEAS_RTOL)
+        # Global thresholds with the split's total constraint B·S (not B).
+        R_total = LR * np.linalg.norm(o)
+        assert out.kappa1_global.item() == pytest.approx(-B * S * np.linalg.norm(o) / R_total, rel=1e-10)
+        k2 = np.linalg.norm(o) * math.sqrt(max(0.0, c @ c - (B * S / R_total) ** 2))
+        assert out.kappa2_global.item() == pytest.approx(k2, rel=1e-10)
+        assert bool(out.degradation) == (total_value > 0)
+    assert n_direct > 3 and n_rectified > 3
+
+
+@pytest.mark.parametrize("split", SPLITS)
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_blocks_without_gradient_take_no_share(variant: str, split: str) -> None:
+    """A tensor with no gradient at all (an unused head: g_r,t = g_f,t = 0) and one with a retain gradient
+    only must not take a share of B: their reach R_t‖e_f,t‖ is 0, so any share would be infeasible and
+    stop the run at step 0. The other blocks share B as if those tensors were absent."""
+    rng = np.random.default_rng(71 + SPLITS.index(split))
+    g_r, g_f = random_pair(rng, corr=(0.3, 0.8))
+    rs, fs = segments(g_r), segments(g_f)
+    dead, one_sided = 2, 5
+    rs[dead][:] = 0.0
+    fs[dead][:] = 0.0
+    # Only the solved problem's objective gradient: the constraint vector of this block is zero.
+    (rs if variant == "hamu-u" else fs)[one_sided][:] = 0.0
+    g_r, g_f = np.concatenate(rs), np.concatenate(fs)
+    o, c = effective(variant, g_r, g_f)
+    active = [t for t in range(len(SHAPES)) if t not in (dead, one_sided)]
+    os_, cs = segments(o), segments(c)
+    radii = np.array([LR * np.linalg.norm(x) for x in os_])
+    shares = np.zeros(len(SHAPES))
+    shares[active] = expected_shares(split, [rs[t] for t in active], [fs[t] for t in active])
+    # A c every active block can meet.
+    B = 0.5 * min(radii[t] * np.linalg.norm(cs[t]) / shares[t] for t in active)
+    out = run(HamuConfig(variant=variant, split=split, constraint_ratio=B / LR), g_r, g_f)  # type: ignore[arg-type]
+    assert not bool(out.stop_infeasible)
+    np.testing.assert_allclose(out.constraint.numpy(), B * shares, rtol=1e-12, atol=0.0)
+    if split != "grad-norm-unnormalised":
+        assert out.constraint_total.item() == pytest.approx(B, rel=1e-12)
+        assert out.constraint.sum().item() == pytest.approx(B, rel=1e-12)
+    deltas = segments(out.update.numpy())
+    assert not deltas[dead].any()
+    for t in range(len(SHAPES)):
+        sol = solve_block(
+            torch.from_numpy(rs[t]),
+            torch.from_numpy(fs[t]),
+            radius=float(radii[t]),
+            constraint=float(B * shares[t]),
+            variant=variant,  # type: ignore[arg-type]
+        )
+        assert sol.feasible
+        np.testing.assert_allclose(deltas[t], sol.update.numpy(), rtol=1e-9, atol=1e-15)
+    # The one-sided block descends on its objective alone: −R_t·ô_t.
+    np.testing.assert_allclose(deltas[one_sided], -LR * os_[one_sided], rtol=1e-12)
+    assert c @ out.update.numpy() >= out.constraint_total.item() * (1 - FEAS_RTOL)
+
+
+@pytest.mark.parametrize("split", ["grad-norm", "equal", "softmax"])
+def test_no_block_with_a_gradient_is_infeasible(split: str) -> None:
+    """No block can carry any share (all forget gradients are zero) and B > 0: the step is infeasible."""
+    rng = np.random.default_rng(79)
+    g_r, _ = random_pair(rng)
+    out = run(HamuConfig(split=split, constraint_ratio=0.1), g_r, np.zeros_like(g_r))  # type: ignore[arg-type]
+    assert bool(out.stop_infeasible)
+    assert out.constraint.sum().item() == pytest.approx(0.1 * LR, rel=1e-12)
+
+
 @pytest.mark.parametrize(("dtype", "angle"), [(torch.float64, 1e-6), (torch.float32, 5e-3)])
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_nearly_colinear_block_stays_in_trust_region(variant: str, dtype: torch.dtype, angle: float) -> None:
@@ -425,7 +560,7 @@ def test_hamu_u_radius_uses_forget_gradient() -> None:
     ("field", "value", "accepted"),
     [
         ("mode", "per-tensor", ("layerwise", "global")),
-        ("split", "uniform", ("grad-norm", "equal", "softmax")),
+        ("split", "uniform", ("grad-norm", "equal", "softmax", "grad-norm-unnormalised")),
         ("variant", "hamu-z", ("hamu-q", "hamu-u")),
         ("on_infeasible", "skip", ("stop", "continue")),
     ],
@@ -522,3 +657,38 @@ def test_layout_combine_and_transform_scale(strategy: str) -> None:
     plain = transform(g_r, g_f, layout, lr=LR)
     scaled = transform(g_r, g_f, layout, lr=LR, scale=-1.0 / LR)
     assert torch.allclose(scaled.update, -plain.update / LR, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("mode", ["layerwise", "global"])
+@pytest.mark.parametrize("split", SPLITS)
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_no_host_synchronisation_on_cuda(variant: str, split: str, mode: str, dtype: torch.dtype) -> None:
+    """The per-step HAMU work (the method: flat scalars, shares, solution, update, diagnostics) never waits
+    for the device: no ``segment_reduce`` validation, no ``bincount``, no ``.item()``/``.tolist()``. The
+    unlearner's one read-back per step (its StepRecord) is the only synchronisation of a step."""
+    from hamu.methods.hamu_rule import HamuRule
+
+    rng = np.random.default_rng(97)
+    g_r, g_f = (torch.from_numpy(x).to("cuda", dtype) for x in random_pair(rng))
+    tensors = [torch.zeros(s, dtype=dtype, device="cuda") for s in SHAPES]
+    layout = FlatLayout.for_tensors([f"t{i}" for i in range(len(SHAPES))], tensors)
+    rule = HamuRule(HamuConfig(variant=variant, split=split, mode=mode, constraint_ratio=0.05))  # type: ignore[arg-type]
+    rule(g_r, g_f, layout, lr=LR)  # warm-up: lazy CUDA initialisation may synchronise once
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        out = rule(g_r, g_f, layout, lr=LR)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    cpu_layout = FlatLayout.for_tensors([f"t{i}" for i in range(len(SHAPES))], [t.cpu() for t in tensors])
+    ref = rule(g_r.cpu(), g_f.cpu(), cpu_layout, lr=LR)
+    assert out.grad.dtype == dtype
+    tol = 1e-5 if dtype == torch.float32 else 2**-7
+    torch.testing.assert_close(
+        out.grad.cpu().float(), ref.grad.float(), rtol=tol, atol=tol * float(ref.grad.float().abs().max())
+    )
+    for key, value in ref.diagnostics.items():
+        if key.startswith("branch_"):
+            assert int(out.diagnostics[key]) == int(value), key

@@ -105,7 +105,10 @@ def block_coefficients(
     """Solve every block from its scalars (‖g_r‖², ‖g_f‖², κ) in the *original* orientation.
 
     All arguments are tensors of the same shape (one entry per block). For HAMU-U the swap
-    (g_r, g_f) → (−g_f, −g_r) exchanges the squared norms and leaves κ unchanged.
+    (g_r, g_f) → (−g_f, −g_r) exchanges the squared norms and leaves κ unchanged. Pass them in float32 or
+    float64 (compute them from half-precision gradients cast up): the colinear test is relative to the
+    dtype's eps, which in bfloat16 (64·eps = 0.5 = sin²45°) would call every block under ~45° colinear, and
+    in float16 R² and B² underflow at the radii of η = 1e-4.
 
     ``perp_sq`` is optional: ‖e_r − (κ/‖e_f‖²)·e_f‖², the squared norm of the *effective* retain gradient's
     part orthogonal to the effective forget gradient (g_r⊥ for HAMU-Q; g_f − (κ/‖g_r‖²)·g_r for HAMU-U),
@@ -232,6 +235,9 @@ def solve_block(
 ) -> BlockSolution:
     """Solve one HAMU block exactly (see the module docstring for the problem and its branches).
 
+    The scalars are computed in at least float32 whatever the gradients' dtype; ``update`` is returned in
+    the gradients' dtype.
+
     >>> import torch
     >>> sol = solve_block(torch.tensor([1.0, 0.0]), torch.tensor([1.0, 1.0]), radius=1.0, constraint=0.5)
     >>> sol.branch
@@ -247,8 +253,11 @@ def solve_block(
     for name, grad in (("retain_grad", retain_grad), ("forget_grad", forget_grad)):
         if not torch.isfinite(grad).all():
             raise ValueError(f"{name} contains NaN or Inf")
-    g_r = retain_grad.reshape(-1)
-    g_f = forget_grad.reshape(-1)
+    # Scalars in at least float32 (half-precision inputs are exact there); the update in the inputs' dtype.
+    out_dtype = torch.promote_types(retain_grad.dtype, forget_grad.dtype)
+    work = torch.promote_types(out_dtype, torch.float32)
+    g_r = retain_grad.reshape(-1).to(work)
+    g_f = forget_grad.reshape(-1).to(work)
     scalar = torch.stack([g_r @ g_r, g_f @ g_f, g_r @ g_f]).reshape(3, 1)
     like = scalar[0]
     # ‖e_r⊥‖² from the vectors (accurate for nearly colinear gradients); the signs of the HAMU-U swap
@@ -266,7 +275,7 @@ def solve_block(
         continue_on_infeasible=continue_on_infeasible,
         perp_sq=(perp @ perp).reshape(1),
     )
-    update = coefs.coef_retain * retain_grad + coefs.coef_forget * forget_grad
+    update = (coefs.coef_retain * g_r + coefs.coef_forget * g_f).reshape(retain_grad.shape).to(out_dtype)
     return BlockSolution(
         update=update,
         branch=BRANCH_LABELS[int(coefs.branch.item())],

@@ -13,8 +13,26 @@ Radius: ``lr`` radius R_t = η‖g_eff,t‖ (the effective retain gradient: g_r 
 which turns the direct branch into exactly an SGD step; or a fixed total radius R split as
 R_t = R·‖g_eff,t‖/‖g_eff‖, so that Σ_t R_t² = R² (the reference gives every tensor the full R).
 
-Constraint split (layer-wise): ``grad-norm`` (default, the paper's) B_t = B·‖g_r,t‖‖g_f,t‖/S with
-S = Σ_s ‖g_r,s‖‖g_f,s‖; ``equal`` B_t = B/n; ``softmax`` B_t = B·softmax(−κ)_t.
+Constraint split (layer-wise). Only blocks that can carry a share take one: both gradients nonzero
+(‖g_r,t‖², ‖g_f,t‖² ≥ the solver's ε). A block without a gradient (an unused head, an embedding block no batch
+touches) has reach R_t‖g_f,t‖ = 0, so any share would make it infeasible and stop the run for nothing.
+
+* ``grad-norm`` (default, the paper's) B_t = B·‖g_r,t‖‖g_f,t‖/S with S = Σ_s ‖g_r,s‖‖g_f,s‖;
+* ``equal`` B_t = B/n over the n blocks with a gradient;
+* ``softmax`` B_t = B·softmax(−κ)_t over the blocks with a gradient;
+* ``grad-norm-unnormalised`` (the reference's ``--distribute_constraint_grad_norm
+  --no_normalize_distributed_constraint``): B_t = B·‖g_r,t‖‖g_f,t‖ with the lr radius. With R_t = η‖e_r,t‖
+  each block's reach is R_t‖e_f,t‖ = η‖g_r,t‖‖g_f,t‖, so B_t/reach_t = c: every block is feasible iff c ≤ 1,
+  whatever the gradient scale, and the concatenated step meets the *total* Σ_t B_t = c·η·S (not B). With a
+  fixed radius R the same rule reads B_t = c·R_t‖e_f,t‖ with c = B/R, i.e. B_t = B·‖g_r,t‖‖g_f,t‖/‖e_r‖.
+
+The first three split B itself (Σ_t B_t = B); the unnormalised split does not, and the global thresholds
+κ1, κ2 are then computed with its total Σ_t B_t (the reference's stopping rule uses B·S there likewise).
+
+Precision: the per-block scalars (norms, dot products, ‖e_r⊥‖², radii, shares, coefficients) are computed in
+at least float32 whatever the gradients' dtype, and the update is returned in the gradients' dtype. In
+bfloat16 the colinear test (relative to eps) would otherwise catch every block under ~45° and in float16 at
+η = 1e-4 R_t² and B_t² underflow.
 
 All work is batched over tensors; nothing here synchronises with the host.
 """
@@ -31,10 +49,12 @@ from hamu.core.layout import FlatLayout
 from hamu.core.solver import VARIANTS, ZERO_EPS, BlockCoefficients, Branch, Variant, block_coefficients
 
 Mode = Literal["layerwise", "global"]
-Split = Literal["grad-norm", "equal", "softmax"]
+Split = Literal["grad-norm", "equal", "softmax", "grad-norm-unnormalised"]
 InfeasiblePolicy = Literal["stop", "continue"]
 MODES: tuple[str, ...] = ("layerwise", "global")
-SPLITS: tuple[str, ...] = ("grad-norm", "equal", "softmax")
+SPLITS: tuple[str, ...] = ("grad-norm", "equal", "softmax", "grad-norm-unnormalised")
+#: The split under which every block is feasible whenever c ≤ 1 (see the module docstring).
+UNNORMALISED_SPLIT = "grad-norm-unnormalised"
 POLICIES: tuple[str, ...] = ("stop", "continue")
 
 
@@ -45,6 +65,8 @@ class HamuConfig:
     ``constraint_ratio`` is c = B/η, used with the lr radius (the paper's setting). With a fixed ``radius``,
     give the absolute ``constraint`` B instead. ``stop_on_degradation`` acts on the sign-correct stopping
     rule (stop when the predicted retain change of the chosen update is positive); it is always logged.
+    ``split`` chooses how B is shared between the blocks (module docstring); ``grad-norm-unnormalised``
+    makes every block feasible for c ≤ 1 at the price of a total constraint c·η·S instead of B.
     """
 
     variant: Variant = "hamu-q"
@@ -83,9 +105,11 @@ class HamuConfig:
 class TransformOutput:
     """The update and its diagnostics; every field stays on the gradients' device.
 
-    ``update`` is the flat δ (NaN-free even when the step must be skipped; then it is zero and ``stop`` is
-    true). ``stop_infeasible`` flags an infeasible block under the ``stop`` policy; ``degradation`` is the
-    sign-correct stopping rule for this step.
+    ``update`` is the flat δ in the gradients' dtype (NaN-free even when the step must be skipped; then it is
+    zero and ``stop`` is true). Every other field is in the scalar dtype (at least float32).
+    ``stop_infeasible`` flags an infeasible block under the ``stop`` policy; ``degradation`` is the
+    sign-correct stopping rule for this step. ``constraint_total`` is the forget gain the concatenated update
+    guarantees when every block is feasible: Σ_t B_t, which is B except under the unnormalised split.
     """
 
     update: torch.Tensor
@@ -102,11 +126,27 @@ class TransformOutput:
     branch_counts: torch.Tensor
     stop_infeasible: torch.Tensor
     degradation: torch.Tensor
+    constraint_total: torch.Tensor
 
 
 def _safe_nonzero(sq: torch.Tensor) -> torch.Tensor:
     """Replace squared norms the solver treats as zero by 1 (the solver ignores those blocks' ratios)."""
     return torch.where(sq < ZERO_EPS, torch.ones_like(sq), sq)
+
+
+def scalar_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype HAMU computes its per-block scalars in: the gradients' own, but at least float32."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+def count_branches(branch: torch.Tensor) -> torch.Tensor:
+    """Blocks per :class:`Branch` (int64, one entry per branch), without a host synchronisation.
+
+    ``torch.bincount`` reads the largest value back from the device to size its output; the number of
+    branches is known, so a comparison with every code and a sum does the same on the device.
+    """
+    codes = torch.arange(len(Branch), device=branch.device, dtype=branch.dtype)
+    return (branch.reshape(-1, 1) == codes).sum(dim=0)
 
 
 class HamuTransform:
@@ -134,6 +174,10 @@ class HamuTransform:
         if not math.isfinite(lr) or lr <= 0:
             raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
         cfg = self.config
+        out_dtype = torch.promote_types(retain.dtype, forget.dtype)
+        # Half-precision gradients are exact in float32: work there (no-op copies for float32/float64).
+        work = scalar_dtype(out_dtype)
+        retain, forget = retain.to(work), forget.to(work)
         retain_sq = layout.segment_dot(retain, retain)
         forget_sq = layout.segment_dot(forget, forget)
         kappa = layout.segment_dot(retain, forget)
@@ -152,13 +196,14 @@ class HamuTransform:
             block_k = kappa.sum().reshape(1)
             R = self._radius(eff_total.reshape(1), eff_total, lr)
             Bt = torch.full_like(R, B)
+            B_total = Bt.sum()
             ratio = block_k / _safe_nonzero(eff_f_sq.sum().reshape(1))
             perp = eff_r - ratio * eff_f
             perp_sq = (perp * perp).sum().reshape(1)
         else:
             block_r, block_f, block_k = retain_sq, forget_sq, kappa
             R = self._radius(eff_sq, eff_total, lr)
-            Bt = self._split_constraint(B, retain_sq, forget_sq, kappa)
+            Bt, B_total = self._split_constraint(B, retain_sq, forget_sq, kappa, eff_total)
             perp = eff_r - layout.scale(kappa / _safe_nonzero(eff_f_sq), eff_f)
             perp_sq = layout.segment_dot(perp, perp)
 
@@ -182,20 +227,23 @@ class HamuTransform:
             update = coef_r * retain + coef_f * forget
         else:
             update = layout.combine(coef_r, retain, coef_f, forget)
+        # The combination is formed in the scalar dtype (its two terms can nearly cancel), then rounded once.
+        update = update.to(out_dtype)
 
         total_cost = torch.nan_to_num(coefs.cost, nan=0.0).sum()
         infeasible_any = (coefs.branch >= int(Branch.INFEASIBLE)).any()
         # Sign-correct rule: stop when even the best constrained step is predicted to raise the objective
         # (retain loss for HAMU-Q), or when no step can meet the constraint. Never fires for κ < 0.
         degradation = infeasible_any | (total_cost > 0)
-        # Global hardness thresholds for the whole-model problem with the total radius and constraint.
+        # Global hardness thresholds for the whole-model problem with the total radius and the total
+        # constraint the blocks carry (B, or c·η·S under the unnormalised split).
         total_R = R.square().sum().sqrt()
         k_all = kappa.sum()
         eff_norm = eff_total.sqrt()
         other_sq = (retain_sq if cfg.variant == "hamu-u" else forget_sq).sum()
         safe_R = torch.where(total_R > 0, total_R, torch.ones_like(total_R))
-        kappa1 = -B * eff_norm / safe_R
-        kappa2 = eff_norm * (other_sq - (B / safe_R) ** 2).clamp_min(0).sqrt()
+        kappa1 = -B_total * eff_norm / safe_R
+        kappa2 = eff_norm * (other_sq - (B_total / safe_R) ** 2).clamp_min(0).sqrt()
         return TransformOutput(
             update=update,
             blocks=coefs,
@@ -208,9 +256,10 @@ class HamuTransform:
             predicted_retain_change=torch.nan_to_num(coefs.retain_change, nan=0.0).sum(),
             predicted_forget_change=torch.nan_to_num(coefs.forget_change, nan=0.0).sum(),
             stopping_margin=-total_cost,
-            branch_counts=torch.bincount(coefs.branch.long(), minlength=len(Branch)),
+            branch_counts=count_branches(coefs.branch),
             stop_infeasible=stop_infeasible,
             degradation=degradation,
+            constraint_total=B_total,
         )
 
     def _radius(self, eff_sq: torch.Tensor, eff_total: torch.Tensor, lr: float) -> torch.Tensor:
@@ -220,14 +269,37 @@ class HamuTransform:
         return self.config.radius * share.sqrt()
 
     def _split_constraint(
-        self, B: float, retain_sq: torch.Tensor, forget_sq: torch.Tensor, kappa: torch.Tensor
-    ) -> torch.Tensor:
-        n = retain_sq.numel()
-        equal = torch.full_like(retain_sq, B / n)
-        if self.config.split == "equal":
-            return equal
-        if self.config.split == "softmax":
-            return B * torch.softmax(-kappa, dim=0)
-        weight = retain_sq.sqrt() * forget_sq.sqrt()
-        total = weight.sum()
-        return torch.where(total > 0, B * weight / torch.where(total > 0, total, 1.0), equal)
+        self,
+        B: float,
+        retain_sq: torch.Tensor,
+        forget_sq: torch.Tensor,
+        kappa: torch.Tensor,
+        eff_total: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-block shares B_t and their total (B, except under the unnormalised split)."""
+        split = self.config.split
+        # Blocks that can carry a share: both gradients nonzero by the solver's test. Any other block has
+        # reach R_t‖e_f,t‖ = 0 and would be infeasible (zero_forget) for every B_t > 0.
+        active = (retain_sq >= ZERO_EPS) & (forget_sq >= ZERO_EPS)
+        zero = torch.zeros_like(retain_sq)
+        weight = torch.where(active, retain_sq.sqrt() * forget_sq.sqrt(), zero)
+        if split == UNNORMALISED_SPLIT:
+            if self.config.radius is not None:
+                # c·R_t‖e_f,t‖ with c = B/R and R_t = R‖e_r,t‖/‖e_r‖: the radius cancels.
+                weight = weight / _safe_nonzero(eff_total).sqrt()
+            shares = B * weight
+            return shares, shares.sum()
+        n_active = active.sum()
+        any_active = n_active > 0
+        total = torch.full_like(eff_total, B)
+        # No block can carry a share: split over all of them (so that B > 0 is reported infeasible).
+        fallback = torch.full_like(retain_sq, B / retain_sq.numel())
+        if split == "equal":
+            share = active.to(retain_sq.dtype) / n_active.clamp_min(1).to(retain_sq.dtype)
+        elif split == "softmax":
+            logits = torch.where(active, -kappa, torch.full_like(kappa, -math.inf))
+            share = torch.softmax(torch.where(any_active, logits, -kappa), dim=0)
+        else:
+            weight_sum = weight.sum()
+            share = weight / torch.where(weight_sum > 0, weight_sum, torch.ones_like(weight_sum))
+        return torch.where(any_active, B * share, fallback), total

@@ -40,6 +40,7 @@ class HamuRule:
             "predicted_retain_change": out.predicted_retain_change,
             "predicted_forget_change": out.predicted_forget_change,
             "stopping_margin": out.stopping_margin,
+            "constraint_total": out.constraint_total,
             "kappa_per_tensor": out.kappa,
         }
         for branch in Branch:
