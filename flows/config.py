@@ -22,6 +22,13 @@ class BatchConfig(BaseModel):
     constraint_ratio: float = Field(0.1, ge=0, le=1, description="HAMU's c = B/η")
     batch_size: int = Field(256, ge=2, description="retain and forget batch size for unlearning")
     max_grad_norm: float = Field(1.0, gt=0)
+    to_target: bool = Field(
+        True,
+        description="drive unlearning to the retrained reference's forget loss (hamu.unlearn_to_target); "
+        "when it is not reached within max_steps, the batch's outcome is the exact retrain",
+    )
+    check_every: int = Field(10, ge=1, description="steps between the target controller's evaluations")
+    max_update_norm: float | None = Field(None, gt=0, description="largest weight change per step")
     stop_on_degradation: bool = False
     hardness_batches: int = Field(3, ge=1, le=50)
     gate_policy: Literal["stop", "warn"] = Field("stop", description="hardness verdict against unlearning")

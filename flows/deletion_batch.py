@@ -49,7 +49,7 @@ from tasks.registration import (
 )
 from tasks.reporting import publish
 from tasks.tracking import ensure_experiment
-from tasks.unlearning import run_unlearning
+from tasks.unlearning import encoded_for, forget_target, retrain_instead, run_unlearning, target_summary
 from tasks.validation import requests_frame, validate_requests_task
 
 
@@ -272,24 +272,41 @@ def _run_claimed(
 
         history: list[Any] = []
         tensor_names: tuple[str, ...] = ()
+        action, target_params = decision.action, {}
         with _timed(timings, "unlearn"):
-            if decision.action == "unlearn":
-                result, seconds = audit.run(run_unlearning, champion, retain, forget, cfg, run.info.run_id)
+            if action == "unlearn":
+                target = None
+                if cfg.to_target and kind == "retrained":
+                    ref_inputs = encoded_for(reference, feat, split.forget, forget[0])
+                    policy = cfg.verdict_policy()
+                    target = audit.run(
+                        forget_target, champion, reference.model, forget, ref_inputs, policy, cfg.check_every
+                    )
+                result, seconds = audit.run(
+                    run_unlearning, champion, retain, forget, cfg, run.info.run_id, target
+                )
                 model, history, tensor_names = result.model, result.history, result.tensor_names
                 stop, steps = result.stop_reason, result.steps_applied
+                target_params = target_summary(result, target)
+                fallback = retrain_instead(target_params, steps)
+                if fallback:
+                    action, model, stop = "retrain", reference.model, fallback
+                    out["fallback"] = fallback
             else:
                 if kind != "retrained":
                     raise MissingReferenceError("retraining was chosen but only a proxy reference exists")
                 model, seconds, stop, steps = reference.model, ref_seconds, "retrained", 0
         mlflow.log_metrics({"unlearn_seconds": seconds, "steps_applied": float(steps)})
         champion_weights, candidate_weights = tensors_digest(champion.model), tensors_digest(model)
+        out.update(action=action, reason=stop if action != decision.action else decision.reason)
         audit.record(
             "unlearn",
-            decision=decision.action,
+            decision=action,
             reason=stop,
             params={
                 "method": cfg.method if decision.action == "unlearn" else "exact-retrain",
                 "steps": steps,
+                **target_params,
             },
             inputs={"champion_weights": champion_weights},
             outputs={"weights": candidate_weights},
@@ -302,7 +319,7 @@ def _run_claimed(
                 gen.choice(len(retain[1]), size=min(cfg.eval_retain_rows, len(retain[1])), replace=False)
             )
             splits = {"retain": (retain[0][keep], retain[1][keep]), "forget": forget, "test": test}
-            source = candidate_source(champion, reference, decision.action)  # the candidate's featurizer
+            source = candidate_source(champion, reference, action)  # the candidate's featurizer
             featurizers = {"retrained": reference.featurizer, "unlearned": source.featurizer}
             own = own_inputs(split, featurizers, feat, keep)  # text retrains read their own vocabulary
             stats = None
@@ -326,7 +343,7 @@ def _run_claimed(
         report_dict = evaluation.report.to_dict()
         log_report_metrics(report_dict)
         facts = RunFacts(
-            action=decision.action,
+            action=action,
             steps_applied=steps,
             candidate_weights=candidate_weights,
             original_weights=champion_weights,
@@ -344,7 +361,7 @@ def _run_claimed(
         )
         deficit, auc_gap = batch_gaps(report_dict)
         drift_state = advance(
-            source_drift, exact=decision.action == "retrain", utility_deficit=deficit, auc_gap=auc_gap
+            source_drift, exact=action == "retrain", utility_deficit=deficit, auc_gap=auc_gap
         )
         over = breaches(drift_state, budget)
         drift = {
@@ -373,7 +390,7 @@ def _run_claimed(
         with _timed(timings, "register"):
             metadata = dict(source.metadata)  # a retrain carries the reference's featurizer and config
             metadata.update(
-                role="unlearned" if decision.action == "unlearn" else "retrained",
+                role="unlearned" if action == "unlearn" else "retrained",
                 data_digest=split.retain_digest,
                 data_size=len(retain[1]),
                 batch_id=batch_id,
@@ -393,7 +410,7 @@ def _run_claimed(
                     "prefect_flow_run_id": flow_run_id,
                     "source_version": champion.version,
                     "code_version": audit.ledger.records()[-1].code_version,
-                    "action": decision.action,
+                    "action": action,
                     "gates_passed": str(passed),
                     "verdict": verdict.status,
                     "evidence": verdict.evidence,
@@ -423,7 +440,7 @@ def _run_claimed(
                 summary={**summary, **out, "source_version": champion.version},
                 verdict_rows=verdict_rows,
                 hardness=report.to_dict(),
-                decision=decision.to_dict(),
+                decision={**decision.to_dict(), "unlearning": target_params, "outcome": action},
                 evaluation=report_dict,
                 verdict=verdict.to_dict(),
                 drift=drift,
@@ -438,7 +455,7 @@ def _run_claimed(
             "verdict": verdict.status,
             "gates_passed": passed,
             "evidence": verdict.evidence,
-            "action": decision.action,
+            "action": action,
         }
         audit.issue_receipts(
             verdict_rows, model_name=champion.name, model_version=model_version, evidence=evidence

@@ -3,6 +3,7 @@
 The library has no orchestration dependencies: hand it a model, a loss and two batch iterables.
 """
 
+from hamu.controller import ForgetTarget, TargetResult, unlearn_to_target
 from hamu.core import (
     BlockSolution,
     Branch,
@@ -29,10 +30,12 @@ __all__ = [
     "BlockSolution",
     "Branch",
     "FlatLayout",
+    "ForgetTarget",
     "HamuConfig",
     "HamuTransform",
     "NonFiniteError",
     "StepRecord",
+    "TargetResult",
     "UnlearnConfig",
     "UnlearnResult",
     "Unlearner",
@@ -40,4 +43,5 @@ __all__ = [
     "make_method",
     "solve_block",
     "unlearn",
+    "unlearn_to_target",
 ]

@@ -74,7 +74,13 @@ def batch_run(home: Path, record_ids: list[str]) -> dict:
     result = CliRunner().invoke(app, ["requests", "submit", str(path)])
     assert result.exit_code == 0, result.output
     config = BatchConfig(
-        preset=PRESET, max_steps=15, batch_size=128, gate_policy="warn", cost_aware=False, shadow_models=2
+        preset=PRESET,
+        max_steps=15,
+        batch_size=128,
+        gate_policy="warn",
+        cost_aware=False,
+        shadow_models=2,
+        to_target=False,  # a plain fixed-budget run: the target controller has its own test below
     )
     summary = deletion_batch(config)
     return {"summary": summary, "forget": forget, "config": config}
@@ -335,6 +341,37 @@ def test_two_concurrent_batch_runs_handle_each_request_once(home: Path, record_i
     assert len(mine) == 20 and all(r.status.value == "unlearned" for r in mine)
     assert len({r.batch_id for r in mine}) == 1
     assert CliRunner().invoke(app, ["audit", "verify"]).exit_code == 0
+
+
+def test_a_target_not_reached_makes_the_exact_retrain_the_outcome(
+    batch_run: dict, home: Path, record_ids: list[str]
+) -> None:
+    """One controller step cannot reach the reference's forget loss: the batch registers the exact retrain,
+    and the ledger, the tags and the report say why."""
+    from mlflow import MlflowClient
+
+    from flows.cli import app
+    from flows.deletion_batch import deletion_batch
+    from hamu.audit import Ledger
+
+    rows = [(f"tgt-{i:03d}", rec, "privacy") for i, rec in enumerate(record_ids[700:710])]
+    submitted = CliRunner().invoke(app, ["requests", "submit", str(_write_requests(home / "tgt.csv", rows))])
+    assert submitted.exit_code == 0, submitted.output
+    config = batch_run["config"].model_copy(
+        update={"to_target": True, "max_steps": 1, "check_every": 1, "shadow_models": 0}
+    )
+    summary = deletion_batch(config)
+    assert summary["status"] == "completed" and summary["action"] == "retrain", summary
+    assert summary["fallback"].startswith("exact retrain: ")
+    record = next(r for r in Ledger(home / "audit").records() if r.batch_id == summary["batch_id"]
+                  and r.step == "unlearn")  # fmt: skip
+    assert record.decision == "retrain" and record.params["target_tolerance"] > 0
+    # either the single step did not reach the target, or the original already sat inside it
+    assert record.params["reached"] is False or record.params["steps"] == 0
+    version = MlflowClient().get_model_version(config.registered_name, summary["model_version"])
+    assert version.tags["action"] == "retrain"
+    report = (home / "audit" / "batches" / summary["batch_id"] / "report.md").read_text()
+    assert "**Decision: retrain**" in report and "exact retrain: " in report
 
 
 def _state(home: Path, name: str) -> tuple[bytes, dict[str, str], list[tuple[str, str, str | None]]]:

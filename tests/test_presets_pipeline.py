@@ -1,6 +1,7 @@
-"""The deletion-batch pipeline on the text preset (tweets-cpu, shrunk to 900/300 tweets and 2 epochs): real
-Prefect (one test harness), a real MLflow SQLite store and registry, real tweets and real training; nothing
-is mocked.
+"""The deletion-batch pipeline on every offline preset and with every method: real Prefect (one test
+harness), a real MLflow SQLite store and registry, real data and real training; nothing is mocked. Sizes are
+shrunk (tweets-cpu to 900/300 tweets and 2 epochs, fashion-mnist-cpu to 1,500/500 images and 2 epochs).
+``cifar10-gpu`` needs CIFAR-10 from the hub and a GPU, so it is not run here.
 
 One batch that retrains exactly: the LiRA shadow stage trains its references on token IDs, the retrained
 reference (and the retrain candidate, the same model) is evaluated on its own vocabulary, and the candidate
@@ -25,7 +26,7 @@ PRESET = "tweets-cpu"
 TRAIN_ROWS, TEST_ROWS, FORGET_ROWS = 900, 300, 40
 
 
-def _submit(home: Path, records: list[str]) -> None:
+def _submit(home: Path, records: list[str], prefix: str = "req") -> None:
     from flows.cli import app
 
     received = (datetime.now(UTC) - timedelta(minutes=2)).isoformat()
@@ -33,7 +34,7 @@ def _submit(home: Path, records: list[str]) -> None:
     with open(path, "w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
         writer.writerow(["request_id", "record_id", "reason", "received_at"])
-        writer.writerows((f"req-{i:03d}", rec, "privacy", received) for i, rec in enumerate(records))
+        writer.writerows((f"{prefix}-{i:03d}", rec, "privacy", received) for i, rec in enumerate(records))
     result = CliRunner().invoke(app, ["requests", "submit", str(path)])
     assert result.exit_code == 0, result.output
 
@@ -48,8 +49,13 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     shrunk = dataclasses.replace(
         preset, train_size=TRAIN_ROWS, test_size=TEST_ROWS, recipe=preset.recipe.with_options(epochs=2)
     )
+    fashion = PRESETS["fashion-mnist-cpu"]
+    small_fashion = dataclasses.replace(
+        fashion, train_size=1500, test_size=500, recipe=fashion.recipe.with_options(epochs=2)
+    )
     with pytest.MonkeyPatch.context() as mp:
         mp.setitem(PRESETS, PRESET, shrunk)
+        mp.setitem(PRESETS, "fashion-mnist-cpu", small_fashion)
         mp.setenv("HAMU_HOME", str(root))
         mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
         mp.delenv("HAMU_AUDIT_KEY", raising=False)
@@ -111,3 +117,54 @@ def test_retrain_candidate_is_registered_with_the_reference_featurizer(
     assert candidate.metadata["config"]["vocab_size"] == len(vocab)
     (reference,) = (home / "models" / "references").glob("*.safetensors")
     assert candidate.metadata["featurizer"] == read_checkpoint_metadata(reference)["featurizer"]
+
+
+@pytest.mark.parametrize("method", ["hamu-q", "hamu-u", "ft", "ga", "gdiff", "neggrad+", "kl", "scrub", "gru",
+                                    "pcgrad"])  # fmt: skip
+def test_every_method_completes_a_batch(home: Path, method: str) -> None:
+    """Each method `hamu batch run --method` accepts runs a (tiny) digits batch to a registered candidate,
+    plots included; single-objective methods (ft, ga) once failed in the plots stage."""
+    from flows.config import BatchConfig
+    from flows.deletion_batch import deletion_batch
+    from hamu.methods import METHODS
+    from tasks.models import load_preset_data
+
+    assert method in METHODS
+    ids = load_preset_data("digits-cpu").manifest_ids
+    offset = 10 + 3 * list(METHODS).index(method)
+    _submit(home, ids[offset : offset + 3], prefix=f"m{list(METHODS).index(method)}")
+    config = BatchConfig(
+        preset="digits-cpu",
+        method=method,
+        max_steps=2,
+        batch_size=64,
+        gate_policy="warn",
+        cost_aware=False,
+        shadow_models=0,
+        to_target=False,
+        eval_retain_rows=200,
+    )
+    summary = deletion_batch(config)
+    assert summary["status"] == "completed" and summary["action"] == "unlearn", summary
+    assert summary["verdict"] in ("pass", "fail", "inconclusive")
+    report = (home / "audit" / "batches" / summary["batch_id"] / "report.md").read_text()
+    assert "![tradeoff](plots/tradeoff.png)" in report
+
+
+def test_fashion_preset_completes_with_the_target_controller(home: Path) -> None:
+    """The demo preset, shrunk: the batch drives unlearning to the reference's forget loss, or registers the
+    exact retrain and says why."""
+    from flows.config import BatchConfig
+    from flows.deletion_batch import deletion_batch
+    from hamu.audit import Ledger
+    from tasks.models import load_preset_data
+
+    _submit(home, load_preset_data("fashion-mnist-cpu").manifest_ids[:30], prefix="fm")
+    summary = deletion_batch(
+        BatchConfig(preset="fashion-mnist-cpu", max_steps=30, cost_aware=False, gate_policy="warn")
+    )
+    assert summary["status"] == "completed", summary
+    record = next(r for r in Ledger(home / "audit").records() if r.batch_id == summary["batch_id"]
+                  and r.step == "unlearn")  # fmt: skip
+    assert record.params["target_loss"] > 0 and "reached" in record.params
+    assert (summary["action"] == "retrain") == (not record.params["reached"])

@@ -103,6 +103,17 @@ def _hardness(inp: BatchReportInput) -> list[str]:
     out = ["## Hardness and decision", ""]
     out += _table(["quantity", "value"], [(k, h[k]) for k in keys if k in h])
     out += [f"**Decision: {inp.action}**: {inp.reason}", ""]
+    run = d.get("unlearning") or {}
+    if run:
+        reached = "reached" if run.get("reached") else "**not reached**"
+        out += [
+            f"- forget target {reached}: {run.get('why', '')}",
+            f"- the controller ran {len(run.get('controller', []))} chunk(s); each chunk's step size, "
+            "constraint and measured update norm are in the ledger's `unlearn` record",
+        ]
+        if d.get("outcome") == "retrain":
+            out += [f"- **outcome: the exact retrain**: {inp.reason}"]
+        out += [""]
     for warning in d.get("warnings", []) or []:
         out += [f"- warning: {warning}"]
     cost = d.get("cost")
