@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import torch.nn.functional as F
@@ -11,22 +10,36 @@ from prefect.cache_policies import NO_CACHE
 
 from hamu.core.transform import HamuConfig
 from hamu.decision import CostEstimate, Decision, decide
-from hamu.hardness import HardnessReport, assess_hardness
+from hamu.hardness import HAMU_METHODS, HardnessReport, assess_hardness
 from tasks.loaders import batches
 from tasks.models import ServedModel
+
+#: Where :func:`tasks.unlearning.run_unlearning` runs (CUDA when present): the cost is timed there.
+RUN_DEVICE = "auto"
+
+
+def run_method_options(config: Any) -> dict[str, Any]:
+    """The method options :func:`tasks.unlearning.run_unlearning` passes for ``config.method``."""
+    if config.method in HAMU_METHODS:
+        return {
+            "constraint_ratio": config.constraint_ratio,
+            "stop_on_degradation": config.stop_on_degradation,
+        }
+    return {}
 
 
 @task(name="assess-hardness", cache_policy=NO_CACHE)
 def assess(
     champion: ServedModel, retain: tuple[Any, Any], forget: tuple[Any, Any], config: Any
 ) -> tuple[HardnessReport, float]:
-    """Hardness on ``hardness_batches`` paired batches; also the measured seconds per paired step (the
-    first, warm-up batch excluded)."""
+    """HAMU's geometry on ``hardness_batches`` paired batches, and the measured seconds per step of the
+    batch's method on the device the unlearning runs on (after one warm-up step). The champion's model is
+    not changed (the assessment works on a copy)."""
     hamu = HamuConfig(
         variant="hamu-u" if config.method == "hamu-u" else "hamu-q", constraint_ratio=config.constraint_ratio
     )
     report = assess_hardness(
-        copy.deepcopy(champion.model),
+        champion.model,
         F.cross_entropy,
         batches(retain, config.batch_size, seed=config.seed),
         batches(forget, config.batch_size, seed=config.seed + 1),
@@ -34,9 +47,11 @@ def assess(
         lr=config.lr,
         batches=config.hardness_batches,
         max_grad_norm=config.max_grad_norm,
-        device="cpu",
+        device=RUN_DEVICE,
+        method=config.method,
+        method_options=run_method_options(config),
     )
-    return report, report.seconds_per_batch
+    return report, report.seconds_per_step
 
 
 @task(name="gate", cache_policy=NO_CACHE)
@@ -49,15 +64,29 @@ def gate(
     drift_breaches: list[str],
 ) -> Decision:
     """Retrain cost: the champion's recorded training time, scaled to the retain set's size. A source
-    whose lineage is over its drift budget is retrained exactly when ``drift_action`` is ``retrain``."""
+    whose lineage is over its drift budget is retrained exactly when ``drift_action`` is ``retrain``.
+    HAMU's hardness verdict gates only HAMU methods (an advisory for the baselines)."""
     cost = None
     if config.cost_aware:
         trained_rows = max(int(champion.metadata.get("data_size", retain_rows)), 1)
         retrain = float(champion.metadata.get("train_seconds", 0.0)) * retain_rows / trained_rows
-        cost = CostEstimate(unlearn_seconds=seconds_per_step * config.max_steps, retrain_seconds=retrain)
+        cost = CostEstimate(
+            unlearn_seconds=seconds_per_step * config.max_steps,
+            retrain_seconds=retrain,
+            steps=config.max_steps,
+            method=report.method,
+            device=report.device,
+        )
     drift = [f"drift budget of the source version {champion.version}: {b}" for b in drift_breaches]
     forced = drift if config.drift_action == "retrain" else []
     if config.exact:
         forced = ["exact retraining was requested for this batch", *forced]
     advisories = [] if forced else [f"{d}; a full retrain is recommended" for d in drift]
-    return decide(report, cost, policy=config.gate_policy, force_retrain=forced, advisories=advisories)
+    return decide(
+        report,
+        cost,
+        policy=config.gate_policy,
+        force_retrain=forced,
+        advisories=advisories,
+        method=config.method,
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -70,9 +71,11 @@ def test_bad_policy_and_cost(report: HardnessReport) -> None:
         CostEstimate(-1.0, 1.0)
 
 
-def test_report_times_paired_batches(report: HardnessReport) -> None:
-    assert report.seconds_per_batch > 0
-    assert report.to_dict()["seconds_per_batch"] == report.seconds_per_batch
+def test_report_times_the_runs_steps(report: HardnessReport) -> None:
+    # by default the HAMU variant assessed, on the device asked for, as many steps as batches
+    assert (report.method, report.device, report.timed_steps) == ("hamu-q", "cpu", 2)
+    assert report.seconds_per_step > 0 and math.isfinite(report.seconds_per_step)
+    assert report.to_dict()["seconds_per_step"] == report.seconds_per_step
 
 
 def test_drift_over_budget_forces_retrain_whatever_the_geometry(report: HardnessReport) -> None:

@@ -121,6 +121,11 @@ def _hardness(inp: BatchReportInput) -> list[str]:
         out += [
             f"- predicted cost: unlearning {cost['unlearn_seconds']:.1f} s, "
             f"exact retraining {cost['retrain_seconds']:.1f} s"
+            + (
+                f" ({cost['steps']} {cost['method']} steps timed on {cost['device']})"
+                if cost.get("method") and cost.get("device")
+                else ""
+            )
         ]
     return [*out, ""]
 
