@@ -35,7 +35,9 @@ typecheck: install
 	$(BIN)/mypy hamu
 
 unit: install data
-	$(BIN)/python -m pytest -q
+	# two workers, whole files each (module fixtures stay whole): the end-to-end files mostly wait on their
+	# Prefect server and subprocesses (~36% of one core, measured), so the suite overlaps them with the rest
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 test: lint typecheck unit
 
