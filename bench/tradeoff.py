@@ -488,7 +488,7 @@ def settings_from_markdown(text: str) -> tuple[list[dict[str, Any]], dict[Settin
     old: dict[SettingKey, str] = {}
     seen: set[tuple[SettingKey, str]] = set()
     for header, rows in markdown_tables(text):
-        if "verdict" in header:
+        if "verdict" in header and {"dataset", "setting", "rho"} <= set(header):  # trade-off tables only
             for cells in rows:
                 rec = dict(zip(header, cells, strict=True))
                 old[(rec["dataset"], rec["setting"], float(rec["rho"]))] = rec["verdict"]
