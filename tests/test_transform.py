@@ -620,6 +620,13 @@ def test_layout_primitives_match_numpy_for_each_strategy(strategy: str, seed: in
     assert np.allclose(layout.segment_dot(ta, tb).numpy(), dots, rtol=1e-12)
     scaled = np.concatenate([k * s for k, s in zip(c, segments(a), strict=True)])
     assert np.allclose(layout.scale(tc, ta).numpy(), scaled, rtol=1e-12)
+    gram = layout.segment_gram(ta, tb)
+    for got, want in zip(
+        gram, ([x @ x for x in segments(a)], [y @ y for y in segments(b)], dots), strict=True
+    ):
+        assert np.allclose(got.numpy(), want, rtol=1e-12)
+    residual = [float((x - k * y) @ (x - k * y)) for k, x, y in zip(c, segments(a), segments(b), strict=True)]
+    assert np.allclose(layout.segment_residual_sq(ta, tc, tb).numpy(), residual, rtol=1e-10)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

@@ -85,6 +85,39 @@ class FlatLayout:
             return torch.stack([x @ y for x, y in zip(a.split(sizes), b.split(sizes), strict=True)])
         return self.segment_sum(a * b)
 
+    def segment_gram(
+        self, a: torch.Tensor, b: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per-segment ``(a_s·a_s, b_s·b_s, a_s·b_s)`` in one pass over the segments.
+
+        Why one call: the transform needs all three every step; on the CPU path one loop over the views
+        needs one split per operand and one stack instead of three of each.
+        """
+        if self._use_views(a):
+            sizes = self.sizes
+            dots = [
+                d for x, y in zip(a.split(sizes), b.split(sizes), strict=True) for d in (x @ x, y @ y, x @ y)
+            ]
+            gram = torch.stack(dots).view(-1, 3)
+            return gram[:, 0], gram[:, 1], gram[:, 2]
+        return self.segment_dot(a, a), self.segment_dot(b, b), self.segment_dot(a, b)
+
+    def segment_residual_sq(self, a: torch.Tensor, coef: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """Per-segment ``‖a_s − coef_s·b_s‖²``, computed from the vectors (not from the Gram scalars).
+
+        Why from the vectors: for nearly colinear a and b the scalar formula cancels catastrophically. The
+        CPU path forms each residual on its own view instead of concatenating a full-size buffer first.
+        """
+        if self._use_views(a):
+            sizes = self.sizes
+            dtype = torch.promote_types(torch.promote_types(a.dtype, b.dtype), coef.dtype)
+            xs, ys = a.to(dtype).split(sizes), b.to(dtype).split(sizes)
+            ks = coef.to(dtype).unbind()
+            residuals = [xs[i] - ks[i] * ys[i] for i in range(len(sizes))]
+            return torch.stack([r @ r for r in residuals])
+        residual = a - self.expand(coef) * b
+        return self.segment_sum(residual * residual)
+
     def expand(self, per_segment: torch.Tensor) -> torch.Tensor:
         """Broadcast one value per segment to every element of that segment."""
         return per_segment.repeat_interleave(self.lengths, output_size=self.numel)

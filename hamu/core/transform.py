@@ -178,9 +178,7 @@ class HamuTransform:
         # Half-precision gradients are exact in float32: work there (no-op copies for float32/float64).
         work = scalar_dtype(out_dtype)
         retain, forget = retain.to(work), forget.to(work)
-        retain_sq = layout.segment_dot(retain, retain)
-        forget_sq = layout.segment_dot(forget, forget)
-        kappa = layout.segment_dot(retain, forget)
+        retain_sq, forget_sq, kappa = layout.segment_gram(retain, forget)
         B = cfg.total_constraint(lr)
         eff_sq = forget_sq if cfg.variant == "hamu-u" else retain_sq
         eff_total = eff_sq.sum()
@@ -204,8 +202,7 @@ class HamuTransform:
             block_r, block_f, block_k = retain_sq, forget_sq, kappa
             R = self._radius(eff_sq, eff_total, lr)
             Bt, B_total = self._split_constraint(B, retain_sq, forget_sq, kappa, eff_total)
-            perp = eff_r - layout.scale(kappa / _safe_nonzero(eff_f_sq), eff_f)
-            perp_sq = layout.segment_dot(perp, perp)
+            perp_sq = layout.segment_residual_sq(eff_r, kappa / _safe_nonzero(eff_f_sq), eff_f)
 
         coefs = block_coefficients(
             block_r,
