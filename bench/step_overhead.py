@@ -1,13 +1,13 @@
 """HAMU's per-step overhead: a HAMU-Q step against a GDiff step on the same model and batches.
 
 Both methods do two forward and two backward passes per step (one per objective); HAMU adds the transform.
-We time whole unlearning steps (median of >= 20 after warm-up, the two methods interleaved in rounds
-so load changes on a shared machine hit both alike) and the transform alone, and compare the
+We time whole unlearning steps (median over adjacent GDiff/HAMU-Q step pairs after warm-up, so a load
+change on a shared machine hits both alike) and the transform alone, and compare the
 vectorised transform with a naive per-tensor loop that synchronises with the host at every branch test
 (:func:`hamu.solve_block` per tensor, as the public reference does). Ends with ``hamu_over_gdiff=<ratio>``
 (the worst ratio over the models measured).
 
-Usage: python bench/step_overhead.py [--steps 25] [--rounds 4] [--batch 128] [--models cnn,resnet20]
+Usage: python bench/step_overhead.py [--steps 40] [--batch 128] [--models cnn,resnet20]
 """
 
 from __future__ import annotations
@@ -23,11 +23,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hamu import HamuConfig, HamuTransform, StepRecord, UnlearnConfig, solve_block, unlearn
+from hamu import HamuConfig, HamuTransform, UnlearnConfig, solve_block
 from hamu.core.layout import FlatLayout
 from hamu.models import build_model
+from hamu.unlearner import Unlearner
 
 SHAPES = {"cnn": (1, 28, 28), "resnet20": (3, 32, 32)}
+METHODS = ("gdiff", "hamu-q")
 
 
 def _batches(shape: tuple[int, ...], batch: int, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -35,29 +37,36 @@ def _batches(shape: tuple[int, ...], batch: int, seed: int) -> list[tuple[torch.
     return [(torch.randn(batch, *shape, generator=gen), torch.randint(0, 10, (batch,), generator=gen))]
 
 
-def _step_times(model_name: str, method: str, steps: int, warmup: int, batch: int) -> list[float]:
+def _runner(model_name: str, method: str, batch: int) -> Unlearner:
     torch.manual_seed(0)
-    model = build_model(model_name)
-    stamps: list[float] = []
-
-    def stamp(_: StepRecord) -> bool:
-        stamps.append(time.perf_counter())
-        return False
-
-    shape = SHAPES[model_name]
     # c = 0 keeps HAMU feasible on random data so every timed step is a full step.
     options = {"constraint_ratio": 0.0} if method.startswith("hamu") else {}
-    cfg = UnlearnConfig(
-        method=method, lr=1e-4, max_steps=warmup + steps, device="cpu", method_options=options
-    )
-    start = time.perf_counter()
-    result = unlearn(
-        model, F.cross_entropy, _batches(shape, batch, 1), _batches(shape, batch, 2), cfg, callbacks=[stamp]
-    )
-    if result.steps_applied != warmup + steps:
-        raise RuntimeError(f"{method} stopped early: {result.stop_reason}")
-    times = [b - a for a, b in zip([start, *stamps[:-1]], stamps, strict=True)]
-    return times[warmup:]
+    cfg = UnlearnConfig(method=method, lr=1e-4, max_steps=1, device="cpu", method_options=options)
+    return Unlearner(build_model(model_name), F.cross_entropy, cfg)
+
+
+def _paired_step_times(model_name: str, steps: int, warmup: int, batch: int) -> dict[str, list[float]]:
+    """Whole unlearning steps of GDiff and HAMU-Q, taken in adjacent pairs (alternating which goes first).
+
+    Why pairs: on a shared 2-core machine the step time drifts by ±15% over a minute, far more than the
+    transform costs; two steps taken back to back see the same load, so the ratio of their medians
+    measures the method, not the neighbours. Each step is one ``run`` of a one-step unlearner that keeps
+    its model and optimizer, so both methods pay the same per-call set-up.
+    """
+    shape = SHAPES[model_name]
+    retain, forget = _batches(shape, batch, 1), _batches(shape, batch, 2)
+    runners = {m: _runner(model_name, m, batch) for m in METHODS}
+    times: dict[str, list[float]] = {m: [] for m in METHODS}
+    for i in range(warmup + steps):
+        for method in METHODS if i % 2 == 0 else METHODS[::-1]:
+            t0 = time.perf_counter()
+            result = runners[method].run(retain, forget)
+            elapsed = time.perf_counter() - t0
+            if result.steps_applied != 1:
+                raise RuntimeError(f"{method} stopped early: {result.stop_reason}")
+            if i >= warmup:
+                times[method].append(elapsed)
+    return times
 
 
 def _paired_gradients(model: nn.Module) -> tuple[torch.Tensor, torch.Tensor, FlatLayout]:
@@ -90,11 +99,10 @@ def _naive_transform(g_r: torch.Tensor, g_f: torch.Tensor, layout: FlatLayout, l
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=25)
+    parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--models", default="cnn,resnet20")
-    parser.add_argument("--rounds", type=int, default=4, help="interleaved gdiff/hamu-q rounds")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: every core)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
@@ -105,27 +113,22 @@ def main() -> None:
         f"python {platform.python_version()}"
     )
     print(
-        f"batch {args.batch}+{args.batch}, median of {args.steps} steps in {args.rounds} interleaved rounds, "
-        f"each after {args.warmup} warm-up\n"
+        f"batch {args.batch}+{args.batch}, median of {args.steps} steps per method taken in adjacent "
+        f"gdiff/hamu-q pairs after {args.warmup} warm-up pairs; pair IQR: quartiles of the per-pair ratio\n"
     )
     header = (
         f"{'model':<10}{'tensors':>8}{'params':>10}{'gdiff ms':>10}{'hamu-q ms':>11}"
-        f"{'ratio':>8}{'transform ms':>14}{'naive ms':>10}{'speed-up':>10}"
+        f"{'ratio':>8}{'pair IQR':>13}{'transform ms':>14}{'naive ms':>10}{'speed-up':>10}"
     )
     print(header)
     print("-" * len(header))
     ratios = []
     for name in args.models.split(","):
-        # Interleave the two methods in rounds (alternating which goes first) and pool the step times, so a
-        # load change on a shared machine hits both methods alike instead of biasing the ratio.
-        per_round = -(-args.steps // args.rounds)
-        pooled: dict[str, list[float]] = {"gdiff": [], "hamu-q": []}
-        for r in range(args.rounds):
-            order = ("gdiff", "hamu-q") if r % 2 == 0 else ("hamu-q", "gdiff")
-            for method in order:
-                pooled[method] += _step_times(name, method, per_round, args.warmup, args.batch)
+        pooled = _paired_step_times(name, args.steps, args.warmup, args.batch)
         gdiff = statistics.median(pooled["gdiff"])
         hamu = statistics.median(pooled["hamu-q"])
+        pair_ratios = [h / g for h, g in zip(pooled["hamu-q"], pooled["gdiff"], strict=True)]
+        q1, _, q3 = statistics.quantiles(pair_ratios, n=4)
         model = build_model(name)
         g_r, g_f, layout = _paired_gradients(model)
         transform = HamuTransform(HamuConfig(constraint_ratio=0.1))
@@ -135,7 +138,8 @@ def main() -> None:
         ratios.append(ratio)
         print(
             f"{name:<10}{layout.num_segments:>8}{layout.numel:>10}{gdiff * 1e3:>10.1f}{hamu * 1e3:>11.1f}"
-            f"{ratio:>8.3f}{t_fast * 1e3:>14.2f}{t_naive * 1e3:>10.2f}{t_naive / t_fast:>9.1f}x"
+            f"{ratio:>8.3f}{f'{q1:.2f}-{q3:.2f}':>13}{t_fast * 1e3:>14.2f}{t_naive * 1e3:>10.2f}"
+            f"{t_naive / t_fast:>9.1f}x"
         )
     print(f"\nhamu_over_gdiff={max(ratios):.3f}")
 
