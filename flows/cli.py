@@ -7,6 +7,8 @@ importing Prefect or MLflow, which read it at import time.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,8 @@ audit_app = typer.Typer(help="Verify and trace the audit trail.", no_args_is_hel
 app.add_typer(requests_app, name="requests")
 app.add_typer(batch_app, name="batch")
 app.add_typer(audit_app, name="audit")
+retention_app = typer.Typer(help="Delete copies that still hold erased data.", no_args_is_help=True)
+app.add_typer(retention_app, name="retention")
 console = Console()
 err = Console(stderr=True)
 
@@ -37,22 +41,45 @@ def main() -> None:
 def requests_submit(
     path: Path = typer.Argument(..., help="CSV or JSONL with request_id, record_id, reason, received_at"),
     allowed_root: Path | None = typer.Option(None, help="refuse files outside this folder"),
+    keep: bool = typer.Option(False, "--keep", help="leave the file in place once its requests are queued"),
 ) -> None:
-    """Queue every request of a file, or none of them: a malformed file changes nothing."""
+    """Queue every request of a file, or none of them: a malformed file changes nothing and is kept.
+
+    An accepted file is then deleted (unless ``--keep``): the queue holds its requests and its SHA-256, and
+    a copy left in the inbox is one more place naming the records to erase. The deletion comes only after
+    the queue committed, so a crash in between leaves the file, never loses a request.
+    """
+    from rich.markup import escape
+
     from hamu.requests import RequestFileError, RequestQueue
+    from hamu.requests.intake import remove_accepted_file
 
     paths = configure_environment()
     with RequestQueue(paths.requests_url) as queue:
         try:
             result = queue.submit_file(path, allowed_root=allowed_root)
         except RequestFileError as exc:
-            err.print(f"[red]rejected {path}[/red]: {exc}")
+            err.print(f"[red]rejected {escape(str(path))}[/red]: {escape(str(exc))}")
             raise typer.Exit(2) from None
-    console.print(f"queued {result.count} requests from {path} (sha256 {result.sha256[:12]})")
+    console.print(f"queued {result.count} requests from {path} (sha256 {result.sha256[:12]})", markup=False)
+    if keep:
+        return
+    try:
+        outcome = remove_accepted_file(result.path, result.sha256)
+    except OSError as exc:
+        err.print(f"kept {result.path}: cannot remove it ({exc.strerror}); delete it by hand", markup=False)
+        return
+    if outcome == "changed":
+        err.print(
+            f"kept {result.path}: it changed after it was read; only the content read then is queued",
+            markup=False,
+        )
+    elif outcome == "removed":
+        console.print(f"removed {result.path} (its requests are in the queue)", markup=False)
 
 
 #: What ``requests list --status`` takes: the stored statuses in life-cycle order, then the derived one.
-_LISTABLE = ("pending", "claimed", "unlearned", "erased", "rejected", "overdue")
+_LISTABLE = ("pending", "claimed", "unlearned", "erased", "rejected", "quarantined", "overdue")
 _REQUEST_FIELDS = ("request_id", "record_id", "reason", "status", "verdict", "batch_id", "model_version")
 _SECONDS_PER_DAY = 86_400
 
@@ -60,7 +87,9 @@ _SECONDS_PER_DAY = 86_400
 @requests_app.command("list")
 def requests_list(
     status: str | None = typer.Option(
-        None, help="pending, claimed, unlearned, erased, rejected, or overdue (unlearned past the deadline)"
+        None,
+        help="pending, claimed, unlearned, erased, rejected, quarantined, "
+        "or overdue (unlearned past the deadline)",
     ),
     deadline_days: float | None = typer.Option(
         None,
@@ -87,14 +116,23 @@ def requests_list(
     now = datetime.now(UTC)
     with RequestQueue(paths.requests_url) as queue:
         rows = queue.list_overdue(deadline, now=now) if status == "overdue" else queue.list(status)
-    records = [_request_record(r, deadline, now) for r in rows]
+    records = [
+        {
+            **_request_record(r, deadline, now),
+            "failures": r.failures,
+            "quarantine_reason": r.quarantine_reason,
+        }
+        for r in rows
+    ]
     if as_json:
         typer.echo(json.dumps(records, indent=2))
         return
-    fields = (*_REQUEST_FIELDS, "pending_promotion_days", "overdue")
+    fields: tuple[str, ...] = (*_REQUEST_FIELDS, "pending_promotion_days", "overdue")
+    if status == "quarantined":  # what an operator needs to decide on a requeue, the reason unabridged
+        fields = ("request_id", "record_id", "reason", "batch_id", "failures", "quarantine_reason")
     table = Table(title=f"{len(records)} requests")
     for f in fields:
-        table.add_column(f)
+        table.add_column(f, overflow="fold" if status == "quarantined" else "ellipsis")
     for rec in records:
         table.add_row(*(_cell(rec[f]) for f in fields))
     console.print(table)
@@ -241,15 +279,44 @@ def hardness(
 # -------------------------------------------------------------------------------------------------- audit
 @audit_app.command("verify")
 def audit_verify() -> None:
-    """Re-check the whole hash chain and every referenced artifact; exit 1 naming the first break."""
-    from hamu.audit import verify_ledger
+    """Re-check the keyed chain, every artifact, and the chain against receipts, MLflow and the queue.
+
+    Exit 1 naming every disagreement: a modified, reordered, truncated or re-written ledger; a forged
+    receipt; a version, alias, checkpoint or erasure manifest the ledger does not vouch for; a request the
+    queue calls unlearned or erased without its receipt.
+    """
+    from hamu.audit import KeyedHasher, verify_ledger
+    from hamu.requests import RequestQueue
+    from tasks.tracking import ensure_experiment
+    from tasks.trail import cross_check
 
     paths = configure_environment()
-    result = verify_ledger(paths.audit)
-    if not result.ok:
-        err.print(f"[red]audit trail BROKEN[/red] after {result.records} good records: {result.error}")
+    hasher = KeyedHasher(_existing_key(paths))
+    result = verify_ledger(paths.audit, hasher.key())
+    ensure_experiment(paths)
+    with RequestQueue(paths.requests_url) as queue:
+        requests = queue.list()
+    problems = list(result.problems) + cross_check(paths.audit, hasher, requests)
+    if problems:
+        err.print(f"[red]audit trail BROKEN[/red] ({result.records} records read): {len(problems)} problems")
+        for problem in problems:
+            err.print(f"  - {problem}")
         raise typer.Exit(1)
-    console.print(f"audit trail intact: {result.records} records, every artifact hash matches")
+    console.print(
+        f"audit trail intact: {result.records} records, every artifact hash matches, and receipts, "
+        "model versions, aliases, checkpoints, erasure manifests and the queue agree with the ledger"
+    )
+
+
+def _existing_key(paths: Any) -> bytes:
+    """The audit key, or exit 2 naming what is missing: read commands never create one."""
+    from hamu.audit import AuditKeyError, load_key
+
+    try:
+        return load_key(paths.home)
+    except AuditKeyError as exc:
+        err.print(f"[red]audit key[/red]: {exc}")
+        raise typer.Exit(2) from None
 
 
 @audit_app.command("trace")
@@ -257,10 +324,10 @@ def audit_trace(
     request_id: str = typer.Argument(..., help="the raw request ID (hashed with the key)"),
 ) -> None:
     """Print a request's path: its receipt(s) and every ledger record of its batch."""
-    from hamu.audit import KeyedHasher, Ledger, ReceiptStore, load_or_create_key
+    from hamu.audit import KeyedHasher, Ledger, ReceiptStore
 
     paths = configure_environment()
-    hashed = KeyedHasher(load_or_create_key(paths.home)).hash(request_id)
+    hashed = KeyedHasher(_existing_key(paths)).hash(request_id)
     ledger = Ledger(paths.audit)
     receipts = ReceiptStore(ledger).find(hashed)
     if not receipts:
@@ -285,11 +352,21 @@ def audit_trace(
 
 # ---------------------------------------------------------------------------------------------- promotion
 def _audit_for(batch_id: str) -> Any:
-    from hamu.audit import KeyedHasher, load_or_create_key
+    from hamu.audit import KeyedHasher
     from tasks.audit import BatchAudit
 
     paths = configure_environment()
-    return paths, BatchAudit(paths.audit, KeyedHasher(load_or_create_key(paths.home)), batch_id)
+    return paths, BatchAudit(paths.audit, KeyedHasher(_existing_key(paths)), batch_id)
+
+
+@contextmanager
+def _refuse_on(*errors: type[Exception]) -> Iterator[None]:
+    """Turn a trail inconsistency found mid-decision into a refusal that changes nothing (exit 1)."""
+    try:
+        yield
+    except errors as exc:
+        err.print(f"champion unchanged: {exc}")
+        raise typer.Exit(1) from None
 
 
 @app.command()
@@ -314,6 +391,7 @@ def promote(
     from tasks.promotion import PromotionRefused, candidate_version, judge, read_batch
     from tasks.promotion import promote as promote_version
     from tasks.tracking import ensure_experiment
+    from tasks.trail import ManifestMismatch
 
     try:
         override = check_override(accept_insufficient_evidence, reason)
@@ -329,12 +407,13 @@ def promote(
     except PromotionRefused as exc:
         err.print(f"champion unchanged: {exc}")
         raise typer.Exit(2) from None
-    with RequestQueue(paths.requests_url) as queue:
+    with RequestQueue(paths.requests_url) as queue, _refuse_on(ManifestMismatch):
         verdict, decision = judge(
             evidence,
             candidate,
             queue,
             audit.hasher,
+            audit.ledger.records(),
             policy=policy,
             accept_insufficient_evidence=accept_insufficient_evidence,
         )
@@ -373,6 +452,7 @@ def rollback(model: str = typer.Option(..., "--model", help="registered model na
     from hamu.requests import RequestQueue
     from tasks.promotion import removed_by
     from tasks.tracking import alias_version, ensure_experiment
+    from tasks.trail import ManifestMismatch
 
     paths = configure_environment()
     ensure_experiment(paths)
@@ -386,7 +466,8 @@ def rollback(model: str = typer.Option(..., "--model", help="registered model na
     with RequestQueue(paths.requests_url) as queue:
         erased = queue.served_erased_record_ids()
     target = client.get_model_version(model, previous)
-    carried = len(erased - removed_by(target, erased, audit.hasher))
+    with _refuse_on(ManifestMismatch):
+        carried = len(erased - removed_by(target, erased, audit.hasher, audit.ledger.records()))
     if carried:
         err.print(
             f"champion unchanged: version {previous} still carries {carried} of {len(erased)} erased "
@@ -394,11 +475,69 @@ def rollback(model: str = typer.Option(..., "--model", help="registered model na
         )
         raise typer.Exit(1)
     client.set_registered_model_alias(model, "champion", previous)
-    audit.record("rollback", decision="rolled-back", reason=f"champion {current.version} → {previous}")
+    audit.record(
+        "rollback",
+        decision="rolled-back",
+        reason=f"champion {current.version} → {previous}",
+        outputs={"model": model, "champion": str(previous)},
+    )
     from tasks.registration import refresh_model_card
 
     refresh_model_card(model)
     console.print(f"champion: {model} v{previous} (was v{current.version})")
+
+
+# ---------------------------------------------------------------------------------------------- retention
+@retention_app.command("apply")
+def retention_apply(
+    yes: bool = typer.Option(False, "--yes", help="delete what the plan lists (default: dry run)"),
+) -> None:
+    """Delete the copies that still hold erased data and can never be served again; audited.
+
+    Obsolete: a version (the original included) that is neither `champion` nor `candidate` and still
+    carries an erased record (its checkpoint and pt2 model; the version stays, tagged `retention=deleted`),
+    the original's checkpoint file once that version is obsolete, and cached references trained on rows
+    erased since. Without `--yes` it prints what it would delete and why, and changes nothing. With it,
+    one ledger record (step `retention`) names everything deleted with its SHA-256.
+    """
+    import os
+
+    import mlflow
+
+    from hamu.audit import KeyedHasher, Ledger, verify_ledger
+    from hamu.requests import RequestQueue
+    from tasks.audit import BatchAudit
+    from tasks.retention import apply_retention, plan_retention, retention_batch_id
+
+    paths = configure_environment()
+    hasher = KeyedHasher(_existing_key(paths))
+    checked = verify_ledger(paths.audit, hasher.key())
+    if not checked.ok:
+        err.print(
+            f"[red]nothing deleted[/red]: the ledger does not verify ({checked.error}); "
+            "run `hamu audit verify`"
+        )
+        raise typer.Exit(1)
+    # Only point MLflow at the store: a dry run must not even create the experiment.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI", paths.mlflow_uri))
+    with RequestQueue(paths.requests_url) as queue:
+        erased = queue.served_erased_record_ids()
+    plan = plan_retention(paths, hasher, erased, Ledger(paths.audit).records())
+    console.print(f"retention: {len(plan.deletions)} to delete; {len(erased)} records erased", markup=False)
+    for item in plan.deletions:
+        console.print(f"{'delete' if yes else 'would delete'} {item.what}: {item.reason}", markup=False)
+    for what, why in plan.kept:
+        console.print(f"keep {what}: {why}", markup=False)
+    if not yes:
+        console.print("dry run: nothing was changed; run `hamu retention apply --yes` to delete")
+        return
+    if not plan.deletions:
+        console.print("nothing to delete; no ledger record written")
+        return
+    audit = BatchAudit(paths.audit, hasher, retention_batch_id())
+    record = apply_retention(plan, audit)
+    console.print(f"deleted {len(plan.deletions)} items; ledger record {record.seq} ({audit.batch_id})")
 
 
 # --------------------------------------------------------------------------------------------------- demo

@@ -8,6 +8,7 @@ from pydantic import BaseModel, Field, field_validator
 
 from hamu.drift import DriftBudget
 from hamu.methods import METHODS
+from hamu.requests import DEFAULT_MAX_REQUESTS
 from hamu.verdict import GatePolicy
 
 
@@ -37,7 +38,12 @@ class BatchConfig(BaseModel):
     train_reference: bool = Field(True, description="train the exact retrained reference when absent")
     eval_retain_rows: int = Field(3000, ge=100, description="retain rows used for evaluation")
     shadow_models: int = Field(2, ge=0, le=64, description="LiRA reference models (0 turns LiRA off)")
-    max_requests: int | None = Field(None, ge=1)
+    max_requests: int = Field(
+        DEFAULT_MAX_REQUESTS,
+        ge=1,
+        description="most requests one batch claims, oldest first; a larger backlog drains over the next "
+        "batches. Bounds one batch's forget set, memory and run time, and what one failure sends back",
+    )
     seed: int = 0
     utility_budget: float = Field(
         0.02, ge=0, description="verdict gate: test-accuracy drop allowed against the retrained reference"

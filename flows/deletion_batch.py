@@ -22,7 +22,7 @@ from prefect.context import get_run_context
 from prefect_dask import DaskTaskRunner
 
 from flows.config import BatchConfig
-from hamu.audit import KeyedHasher, load_or_create_key, sha256_json
+from hamu.audit import ANCHOR_TAG, KeyedHasher, load_or_create_key, sha256_json
 from hamu.data import split_by_ids
 from hamu.drift import advance, batch_gaps, breaches
 from hamu.evaluation import MissingReferenceError, ReferenceSpec, ReferenceStats
@@ -33,13 +33,14 @@ from tasks.audit import BatchAudit
 from tasks.batch_report import write_batch_report
 from tasks.env import configure_environment
 from tasks.evaluation import evaluate, make_plots, own_inputs, shadow_specs, train_shadow
+from tasks.failure import record_failure
 from tasks.faults import check_fault_spec, maybe_fault
 from tasks.hardness import assess, gate
 from tasks.intake import claim_batch, close_requests, record_verdicts
 from tasks.lineage import drift_of, plan_batch
 from tasks.locks import BatchLock
 from tasks.models import candidate_source, ensure_champion, load_preset_data, retrained_reference
-from tasks.recovery import clean_up_failed_batch, recover_dead_batches
+from tasks.recovery import recover_dead_batches
 from tasks.registration import (
     complete_candidate,
     log_dataset_digests,
@@ -82,7 +83,7 @@ def deletion_batch(config: BatchConfig | None = None, batch_id: str | None = Non
     batch_id = batch_id or new_batch_id()
     name = cfg.registered_name
     timings: dict[str, float] = {}
-    hasher = KeyedHasher(load_or_create_key(paths.home))
+    hasher = KeyedHasher(load_or_create_key(paths.home, ledger=paths.audit / "ledger.jsonl"))
     queue = RequestQueue(paths.requests_url)
     lock = BatchLock(paths.work, batch_id)
     if not lock.acquire():
@@ -108,13 +109,13 @@ def deletion_batch(config: BatchConfig | None = None, batch_id: str | None = Non
             return summary
         summary["requests"] = len(claimed)
         maybe_fault("claim")
+        # What a failure's text may quote: the claimed IDs, and the manifest's (carried-over erasures).
+        raw_ids = {i for r in claimed for i in (r.request_id, r.record_id)} | set(data.manifest_ids)
         try:
             summary.update(_run_claimed(cfg, paths, data, champion, claimed, queue, audit, timings, summary))
         except BaseException as exc:
-            queue.release_batch(batch_id)
-            audit.record("failed", decision="released", reason=f"{type(exc).__name__}: {exc}"[:500])
-            clean_up_failed_batch(audit, paths.work_dir(batch_id))
-            raise
+            record_failure(exc, queue=queue, audit=audit, raw_ids=raw_ids, work_dir=paths.work_dir(batch_id))
+            raise  # scrubbed in place: Prefect logs the redacted message
         summary["stage_seconds"] = timings
         publish(summary)
         return summary
@@ -205,10 +206,11 @@ def _run_claimed(
             train_now = data.train
             if plan.absent:
                 train_now = train_now.filter(lambda r: r["record_id"] not in plan.absent)
-            split = split_by_ids(train_now, data.test, list(plan.forget))
+            split = split_by_ids(train_now, data.test, list(plan.forget), keyed_hash=hasher.hash)
             feat = champion.featurizer
             retain, forget, test = (split.tensors(p, feat) for p in ("retain", "forget", "test"))
         out["carried_over"] = len(plan.carried_over)
+        # The forget digest is keyed (hmac-sha256:): no one finds the erased rows by enumerating the manifest
         digests = {"retain": split.retain_digest, "forget": split.forget_digest, "test": split.test_digest}
         log_dataset_digests(digests, split.spec.name, split.sizes())
         mlflow.log_params({f"size_{k}": v for k, v in split.sizes().items()})
@@ -410,6 +412,7 @@ def _run_claimed(
                     "prefect_flow_run_id": flow_run_id,
                     "source_version": champion.version,
                     "code_version": audit.ledger.records()[-1].code_version,
+                    ANCHOR_TAG: _head_tag(audit),
                     "action": action,
                     "gates_passed": str(passed),
                     "verdict": verdict.status,
@@ -462,6 +465,7 @@ def _run_claimed(
         )
         maybe_fault("receipts")
         audit.run(close_requests, queue, batch_id, accepted_requests, model_version)
+        maybe_fault("close-requests")
         audit.run(complete_candidate, champion.name, model_version)
         maybe_fault("close")
         refresh_model_card(champion.name)
@@ -482,6 +486,12 @@ def _nothing_claimed(queue: RequestQueue, batch_id: str) -> dict[str, str]:
         "message": f"nothing left to claim: {sum(held.values())} request(s) are being handled by running "
         f"batch {owners}; this run handles none of them (no request is handled twice)",
     }
+
+
+def _head_tag(audit: BatchAudit) -> str:
+    """The chain head now, for the version's anchor tag (a ledger cut back before it is then detected)."""
+    head = audit.ledger.head()
+    return head.to_tag() if head else ""
 
 
 def tensors_digest(model: Any) -> str:

@@ -28,6 +28,7 @@ def run_demo(
     from flows.config import BatchConfig
     from flows.deletion_batch import deletion_batch
     from hamu.requests import RequestQueue
+    from hamu.requests.intake import remove_accepted_file
     from tasks.models import load_preset_data
 
     data = load_preset_data(preset)
@@ -56,6 +57,7 @@ def run_demo(
             writer.writerow(["request_id", "record_id", "reason", "received_at"])
             writer.writerows(rows)
         submitted = queue.submit_file(path)
+    remove_accepted_file(submitted.path, submitted.sha256)  # the queue holds them now (docs/requests.md)
     out.print(f"submitted {submitted.count} deletion requests from {path}")
     summary = deletion_batch(BatchConfig(preset=preset))
     elapsed = time.perf_counter() - start

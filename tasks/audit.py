@@ -56,7 +56,7 @@ class BatchAudit:
     """The ledger view of one batch; every call appends one chained record."""
 
     def __init__(self, root: Path, hasher: KeyedHasher, batch_id: str, mlflow_run_id: str = "") -> None:
-        self.ledger = Ledger(root)
+        self.ledger = Ledger(root, key=hasher.key())
         self.receipts = ReceiptStore(self.ledger)
         self.hasher = hasher
         self.batch_id = batch_id
@@ -120,6 +120,8 @@ class BatchAudit:
         carries. Both receipts are kept, so a reviewer sees when each became true.
         """
         now = datetime.now(UTC).isoformat()
+        head = self.ledger.head()
+        anchor = head.to_dict() if head else {}
         refs = {}
         raw = {i for row in verdicts for i in row[:2]}
         for request_id, record_id, verdict, reason in verdicts:
@@ -134,6 +136,7 @@ class BatchAudit:
                 model_name=model_name if accepted else "",
                 model_version=model_version if accepted else "",
                 evidence=dict(evidence) if accepted else {},
+                ledger_anchor=anchor,
             )
             ref = self.receipts.write(receipt, stage=stage)
             refs[f"receipt:{receipt.request_hash[-16:]}"] = ref

@@ -3,7 +3,8 @@ or MLflow.
 
 Everything lives under ``HAMU_HOME`` (default ``./.hamu``): MLflow's SQLite store and artifacts, Prefect's
 home, the request queue, the audit ledger, model checkpoints, and the deletable working area. Nothing is
-written to ``$HOME`` or the current directory implicitly. This module imports neither Prefect nor MLflow,
+written to ``$HOME`` or the current directory implicitly. The home is private to its owner (0700, the
+databases 0600, process umask 0o077). This module imports neither Prefect nor MLflow,
 so it can run first.
 """
 
@@ -54,13 +55,47 @@ def hamu_home() -> Path:
     return Path(os.environ.get("HAMU_HOME", ".hamu")).resolve()
 
 
+PRIVATE_UMASK = 0o077
+DATABASES = ("mlflow.db", "requests.db")
+
+
+def make_private(paths: StatePaths) -> None:
+    """Make ``HAMU_HOME`` 0700 and its SQLite databases 0600, and keep what the process creates private.
+
+    Why the process umask (only ever tightened, to at least 0o077): the files under the home are created
+    by many hands (SQLite and its journals, MLflow's artifact store, Prefect, the ledger, checkpoints,
+    temporary checkpoint folders), most of which take no mode argument; a umask covers them all, including
+    files created later, with no chance of one being missed. It is process-wide, so a file a command
+    writes elsewhere (an export) is private too; widen it with ``chmod`` when sharing is meant. The home's
+    mode is set even when it exists, so a home from an earlier version is closed too; the databases are
+    chmodded for the same reason.
+    """
+    os.umask(os.umask(PRIVATE_UMASK) | PRIVATE_UMASK)
+    paths.home.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        paths.home.chmod(0o700)
+        for name in DATABASES:
+            for suffix in ("", "-journal", "-wal", "-shm"):  # SQLite's side files hold rows too
+                db = paths.home / f"{name}{suffix}"
+                if db.exists():
+                    db.chmod(0o600)
+    except PermissionError as exc:
+        raise PermissionError(
+            f"cannot make HAMU_HOME {paths.home} private (0700, databases 0600): {exc.strerror}; "
+            "run as the folder's owner or point HAMU_HOME at a folder you own"
+        ) from exc
+
+
 def configure_environment(home: Path | None = None) -> StatePaths:
-    """Create the state folder and set the variables Prefect, MLflow, datasets and GX read at import time.
+    """Create the private state folder and set the variables Prefect, MLflow, datasets and GX read at import.
 
     Existing settings win (``setdefault``), so a deployment can point MLflow or Prefect at a server.
+    Privacy comes first (:func:`make_private`): the home holds the queue (raw request and record IDs), the
+    MLflow store and ``work/`` (forget rows), so nobody but its owner may read it.
     """
     paths = StatePaths((home or hamu_home()).resolve())
-    for folder in (paths.home, paths.mlartifacts, paths.prefect, paths.audit, paths.models, paths.work):
+    make_private(paths)
+    for folder in (paths.mlartifacts, paths.prefect, paths.audit, paths.models, paths.work):
         folder.mkdir(parents=True, exist_ok=True)
     os.environ["HAMU_HOME"] = str(paths.home)
     defaults = {

@@ -20,6 +20,7 @@ STAGES = (
     "register",
     "report",
     "receipts",
+    "close-requests",
     "close",
 )
 

@@ -13,9 +13,7 @@ from hamu.audit import KeyedHasher
 from hamu.drift import DriftState
 from hamu.lineage import ErasureManifest, ForgetPlan, plan_forget
 from tasks.models import ServedModel
-from tasks.tracking import download_checkpoint
-
-MANIFEST_FILE = "erasures.json"
+from tasks.tracking import MANIFEST_FILE, checkpoint_folder
 
 
 def manifest_in(folder: Path) -> ErasureManifest:
@@ -26,7 +24,8 @@ def manifest_in(folder: Path) -> ErasureManifest:
 
 def still_carried(version: ModelVersion, erased_record_ids: set[str], hasher: KeyedHasher) -> int:
     """How many erased records (per the queue) a registry version does not list as erased."""
-    manifest = manifest_in(download_checkpoint(version))
+    with checkpoint_folder(version) as folder:
+        manifest = manifest_in(folder)
     return len(manifest.missing(hasher.hash(r) for r in erased_record_ids))
 
 
@@ -42,4 +41,4 @@ def plan_batch(
     source: ServedModel,
     hasher: KeyedHasher,
 ) -> ForgetPlan:
-    return plan_forget(train_ids, accepted, erased_before, manifest_in(source.checkpoint.parent), hasher.hash)
+    return plan_forget(train_ids, accepted, erased_before, source.manifest, hasher.hash)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Iterator
@@ -14,17 +15,21 @@ from typing import Any
 
 import mlflow
 import torch
+from mlflow import MlflowClient
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from torch import nn
 
+from hamu.audit import ANCHOR_TAG, Ledger, LedgerRecord, load_or_create_key
 from hamu.data import Split, record_ids
 from hamu.data.tensors import Featurizer
+from hamu.lineage import ErasureManifest
 from hamu.models import load_checkpoint
+from hamu.models.checkpoint import tensors_digest
 from hamu.train import TrainedModel, get_preset, preset_data, train_model
 from hamu.train.trainer import featurizer_from_metadata
 from tasks.env import StatePaths
-from tasks.tracking import alias_version, download_checkpoint, log_model_version, set_alias
+from tasks.tracking import MANIFEST_FILE, alias_version, checkpoint_folder, log_model_version, set_alias
 
 
 @dataclass
@@ -47,8 +52,12 @@ class ServedModel:
     model: nn.Module
     metadata: dict[str, Any]
     featurizer: Featurizer
-    checkpoint: Path
+    #: A local checkpoint file, when the model came from one; a registry version loaded by
+    #: :func:`load_version` keeps none (its download is removed once read).
+    checkpoint: Path | None = None
     tags: dict[str, str] = field(default_factory=dict)
+    #: The erasure manifest stored next to the version's checkpoint (empty for an original).
+    manifest: ErasureManifest = field(default_factory=ErasureManifest)
 
 
 def load_preset_data(preset: str) -> PresetData:
@@ -87,35 +96,73 @@ def _register_original(paths: StatePaths, data: PresetData, name: str, progress:
     ckpt_dir = paths.models / data.preset
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     path = trained.save(ckpt_dir / "original.safetensors")
-    with mlflow.start_run(run_name=f"train-original-{data.preset}"):
+    with (
+        mlflow.start_run(run_name=f"train-original-{data.preset}"),
+        _single_file_dir(path) as checkpoint_dir,
+    ):
         mlflow.log_params({"preset": data.preset, "role": "original", **_flat(recipe.to_dict())})
         mlflow.log_metric("train_seconds", float(trained.metadata["train_seconds"]))
         version = log_model_version(
             trained.model,
             name=name,
             example=_example(trained.featurizer, data.train),
-            checkpoint_dir=_single_file_dir(path),
+            checkpoint_dir=checkpoint_dir,
             tags={
                 "role": "original",
                 "preset": data.preset,
                 "data_digest": trained.metadata["data_digest"],
             },
         )
+    record = _record_original(paths, name, str(version.version), trained.model, data.preset)
+    MlflowClient().set_model_version_tag(
+        name, str(version.version), ANCHOR_TAG, f"{record.seq}:{record.record_hash}"
+    )
     set_alias(name, "champion", version.version)
     return version
+
+
+def _record_original(
+    paths: StatePaths, name: str, version: str, model: nn.Module, preset: str
+) -> LedgerRecord:
+    """The ledger's record of the first champion: its weights, its (empty) erasure manifest, the alias.
+
+    Why: verification accepts a ``champion`` alias only where a ledger record put it, and a version's
+    weights and manifest only when they match what the ledger recorded at registration.
+    """
+    key = load_or_create_key(paths.home, ledger=paths.audit / "ledger.jsonl")
+    weights = tensors_digest({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()})
+    return Ledger(paths.audit, key=key).append(
+        LedgerRecord(
+            step="register-original",
+            batch_id=f"original-{preset}",
+            decision="champion",
+            reason="trained on the full manifest on a fresh store",
+            outputs={
+                "model": name,
+                "model_version": version,
+                "champion": version,
+                "weights": weights,
+                "erasures": ErasureManifest().digest(),
+            },
+        )
+    )
 
 
 def load_version(name: str, version: str) -> ServedModel:
     from mlflow import MlflowClient
 
     mv = MlflowClient().get_model_version(name, version)
-    folder = download_checkpoint(mv)
-    files = sorted(folder.glob("*.safetensors"))
-    if len(files) != 1:
-        raise FileNotFoundError(f"model version {name}/{version} has no single safetensors checkpoint")
-    model, metadata = load_checkpoint(files[0])
+    with checkpoint_folder(mv) as folder:  # read into memory, then the download is removed
+        files = sorted(folder.glob("*.safetensors"))
+        if len(files) != 1:
+            raise FileNotFoundError(f"model version {name}/{version} has no single safetensors checkpoint")
+        model, metadata = load_checkpoint(files[0])
+        stored = folder / MANIFEST_FILE
+        manifest = ErasureManifest.from_json(stored.read_bytes()) if stored.exists() else ErasureManifest()
     featurizer = featurizer_from_metadata(metadata)
-    return ServedModel(name, str(version), model, metadata, featurizer, files[0], dict(mv.tags or {}))
+    return ServedModel(
+        name, str(version), model, metadata, featurizer, None, dict(mv.tags or {}), manifest=manifest
+    )
 
 
 @task(name="retrained-reference", cache_policy=NO_CACHE)
@@ -168,10 +215,15 @@ def candidate_source(
     return reference
 
 
-def _single_file_dir(path: Path) -> Path:
+@contextmanager
+def _single_file_dir(path: Path) -> Iterator[Path]:
+    """A private temp folder holding a copy of ``path`` alone (what MLflow logs), removed on exit."""
     folder = Path(tempfile.mkdtemp(prefix="hamu-ckpt-"))
-    (folder / path.name).write_bytes(path.read_bytes())
-    return folder
+    try:
+        (folder / path.name).write_bytes(path.read_bytes())
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _flat(d: dict[str, Any]) -> dict[str, Any]:

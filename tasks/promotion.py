@@ -21,9 +21,9 @@ from hamu.promotion import PromotionDecision, decide_promotion, lineage_gates
 from hamu.requests import RequestQueue, Status
 from hamu.verdict import GatePolicy, RunFacts, Verdict, decide
 from tasks.audit import BatchAudit
-from tasks.lineage import manifest_in
 from tasks.registration import refresh_model_card
-from tasks.tracking import alias_version, download_checkpoint
+from tasks.tracking import alias_version
+from tasks.trail import verified_manifest
 
 
 class PromotionRefused(RuntimeError):
@@ -93,9 +93,15 @@ def candidate_version(batch_id: str) -> ModelVersion:
     return found[0]
 
 
-def removed_by(version: ModelVersion, record_ids: set[str], hasher: KeyedHasher) -> set[str]:
-    """The record IDs among ``record_ids`` that ``version``'s erasure manifest lists as removed."""
-    manifest = manifest_in(download_checkpoint(version))
+def removed_by(
+    version: ModelVersion, record_ids: set[str], hasher: KeyedHasher, records: list[LedgerRecord]
+) -> set[str]:
+    """The record IDs among ``record_ids`` that ``version``'s erasure manifest lists as removed.
+
+    The manifest is used only if it is the one the ledger recorded for ``version``
+    (:func:`tasks.trail.verified_manifest` raises :class:`tasks.trail.ManifestMismatch` otherwise).
+    """
+    manifest = verified_manifest(version, records)
     return {r for r in record_ids if hasher.hash(r) in manifest}
 
 
@@ -104,13 +110,14 @@ def judge(
     version: ModelVersion,
     queue: RequestQueue,
     hasher: KeyedHasher,
+    records: list[LedgerRecord],
     *,
     policy: GatePolicy,
     accept_insufficient_evidence: bool,
 ) -> tuple[Verdict, PromotionDecision]:
     verdict = decide(evidence.report, evidence.facts, policy=policy)
     removed = queue.erased_record_ids()
-    carried = len(removed - removed_by(version, removed, hasher))
+    carried = len(removed - removed_by(version, removed, hasher, records))
     lineage = lineage_gates(
         batch_status=(version.tags or {}).get("batch_status", ""),
         still_carried=carried,
@@ -142,7 +149,7 @@ def promote(
         client.set_model_version_tag(name, number, "evidence_override", override_reason[:500])
     client.set_registered_model_alias(name, "champion", number)
     unlearned = queue.list(Status.UNLEARNED)
-    served = removed_by(version, {r.record_id for r in unlearned}, audit.hasher)
+    served = removed_by(version, {r.record_id for r in unlearned}, audit.hasher, audit.ledger.records())
     flipped = [r for r in unlearned if r.record_id in served]
     erased = queue.mark_served(served, number)
     audit.record(
@@ -157,7 +164,7 @@ def promote(
             "override": override_reason if decision.override_used else "",
             "requests_erased": erased,
         },
-        outputs={"champion": number},
+        outputs={"model": name, "champion": number},
     )
     rows = [(r.request_id, r.record_id, "erased", "") for r in flipped]
     if rows:

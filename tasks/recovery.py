@@ -3,17 +3,27 @@ batch.
 
 A batch is dead when its ``flock`` can be taken (see :mod:`tasks.locks`). For each dead batch:
 
-* its still-claimed requests go back to pending (the next claim picks them up again);
-* a model version it registered before dying is tagged ``batch_status=abandoned`` (never promotable);
+* its still-claimed requests go back to pending (the next claim picks them up again); a crash does not
+  count towards quarantine (``release_batch(failed=False)``): it says nothing about the requests;
+* a batch that died after the queue closed its requests (they are ``unlearned`` with its version) is
+  rolled forward: its version gets ``batch_status=completed`` and the ``candidate`` alias, and a
+  ``completed`` record closes it, as the batch itself would have;
+* any other model version it registered before dying is tagged ``batch_status=abandoned`` (never
+  promotable);
 * its working area (forget rows, per-example scores) is deleted, and the deletion is recorded, exactly as
   a finished batch would have done.
 
 Every action is a ledger record under the dead batch's ID, so the trail explains the gap.
+
+Only what a batch leaves in ``work/`` is recovered: a real folder (not a symlink) or a regular
+``<batch>.lock`` file whose name is a valid batch ID. Anything else there (``lost+found`` on a mounted
+volume, an editor's backup, a stray file) is skipped with a log line: it is neither released nor deleted.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,7 +32,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from hamu.audit import KeyedHasher
-from hamu.requests import RequestQueue, Status
+from hamu.requests import RequestQueue, Status, is_valid_batch_id
 from tasks.audit import BatchAudit
 from tasks.locks import BatchLock
 
@@ -32,18 +42,84 @@ class RecoveryReport:
     released: dict[str, int] = field(default_factory=dict)
     abandoned_versions: dict[str, list[str]] = field(default_factory=dict)
     deleted_work_areas: list[str] = field(default_factory=list)
+    completed: dict[str, str] = field(default_factory=dict)  # batch → version rolled forward
 
     def __bool__(self) -> bool:
-        return bool(self.released or self.abandoned_versions or self.deleted_work_areas)
+        return bool(self.released or self.abandoned_versions or self.deleted_work_areas or self.completed)
+
+
+_LOCK_SUFFIX = ".lock"
+
+
+def _batch_of(entry: os.DirEntry[str]) -> str | None:
+    """The batch an entry of ``work/`` belongs to (its working area or lock file), or None for anything else.
+
+    A symlink is never a batch's: following it, recovery would delete whatever it points to.
+    """
+    try:
+        if entry.is_dir(follow_symlinks=False):
+            name = entry.name
+        elif entry.is_file(follow_symlinks=False) and entry.name.endswith(_LOCK_SUFFIX):
+            name = entry.name.removesuffix(_LOCK_SUFFIX)
+        else:
+            return None
+    except OSError:  # vanished or unreadable: not ours to judge
+        return None
+    return name if is_valid_batch_id(name) else None
+
+
+def _work_batches(work: Path) -> set[str]:
+    """Batches that left a working area or a lock file in ``work/``; every other entry is logged, skipped."""
+    if not work.is_dir():
+        return set()
+    found: set[str] = set()
+    with os.scandir(work) as entries:
+        for entry in entries:
+            batch_id = _batch_of(entry)
+            if batch_id is None:
+                logging.getLogger(__name__).info("recovery skips %s: not a batch's working area", entry.path)
+            else:
+                found.add(batch_id)
+    return found
 
 
 def _known_batches(queue: RequestQueue, work: Path, current: str) -> set[str]:
     """Every other batch that left a trace: claimed requests, a working area or a lock file."""
-    found = {r.batch_id for r in queue.list(Status.CLAIMED) if r.batch_id}
-    if work.exists():
-        found |= {p.name for p in work.iterdir() if p.is_dir()} | {p.stem for p in work.glob("*.lock")}
+    found = {r.batch_id for r in queue.list(Status.CLAIMED) if r.batch_id} | _work_batches(work)
     found.discard(current)
     return found
+
+
+def _roll_forward(queue: RequestQueue, audit: BatchAudit) -> str | None:
+    """Finish a dead batch that had already closed its requests; returns the version it completed.
+
+    Why forward, not back: once the queue holds the batch's requests as ``unlearned`` with its version,
+    every stage before the close (evaluation, registration, receipts) is in the ledger, and only the
+    version's ``completed`` tag, the ``candidate`` alias and the ``completed`` record are missing.
+    Abandoning the version instead would leave those requests pointing at a model that can never be
+    promoted, and never claimed again.
+    """
+    closed = {r.model_version for r in queue.list(Status.UNLEARNED, batch_id=audit.batch_id)}
+    if not closed:
+        return None
+    client = MlflowClient()
+    completed = None
+    for mv in client.search_model_versions(f"tags.batch_id = '{audit.batch_id}'"):
+        if str(mv.version) not in closed:
+            continue
+        if (mv.tags or {}).get("batch_status") != "completed":
+            client.set_model_version_tag(mv.name, mv.version, "batch_status", "completed")
+            client.set_registered_model_alias(mv.name, "candidate", mv.version)
+        completed = str(mv.version)
+    steps = {r.step for r in audit.ledger.records() if r.batch_id == audit.batch_id}
+    if completed is not None and "completed" not in steps:
+        audit.record(
+            "completed",
+            decision="candidate",
+            reason="completed by recovery: the batch died after closing its requests",
+            outputs={"model_version": completed},
+        )
+    return completed
 
 
 def _abandon_versions(batch_id: str) -> list[str]:
@@ -68,7 +144,10 @@ def recover_dead_batches(
             continue
         try:
             audit = BatchAudit(audit_root, hasher, batch_id)
-            released = queue.release_batch(batch_id)
+            completed = _roll_forward(queue, audit)
+            if completed is not None:
+                report.completed[batch_id] = completed
+            released = queue.release_batch(batch_id, failed=False)
             abandoned = _abandon_versions(batch_id)
             if released or abandoned:
                 report.released[batch_id] = released
@@ -80,7 +159,7 @@ def recover_dead_batches(
                     params={"released_requests": released, "abandoned_versions": abandoned},
                 )
             folder = work / batch_id
-            if folder.exists():
+            if folder.is_dir() and not folder.is_symlink():
                 audit.delete_work_area(folder)
                 report.deleted_work_areas.append(batch_id)
         finally:

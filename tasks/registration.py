@@ -10,6 +10,7 @@ requests; only after the queue marks the requests unlearned does it get ``batch_
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -25,7 +26,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from torch import nn
 
-from hamu.audit.model_card import VersionEntry, with_erasure_history
+from hamu.audit.model_card import VersionEntry, card_description, history_document, history_markdown
 from hamu.lineage import ErasureManifest
 from hamu.models import save_checkpoint
 from tasks.lineage import MANIFEST_FILE
@@ -54,13 +55,18 @@ def register_candidate(
     tags: Mapping[str, str],
 ) -> ModelVersion:
     mlflow.log_artifact(str(report_path), artifact_path="evaluation")
+    # The checkpoint is staged in a private temp folder only until MLflow has copied it: left behind, it
+    # would be a copy of the weights that no retention policy knows about.
     folder = Path(tempfile.mkdtemp(prefix="hamu-candidate-"))
-    save_checkpoint(model, folder / "model.safetensors", dict(metadata))
-    (folder / MANIFEST_FILE).write_bytes(manifest.to_json())
-    lineage = {"erased_records": str(len(manifest)), "erasure_digest": manifest.digest()}
-    return log_model_version(
-        model, name=name, example=example, checkpoint_dir=folder, tags={**tags, **lineage}
-    )
+    try:
+        save_checkpoint(model, folder / "model.safetensors", dict(metadata))
+        (folder / MANIFEST_FILE).write_bytes(manifest.to_json())
+        lineage = {"erased_records": str(len(manifest)), "erasure_digest": manifest.digest()}
+        return log_model_version(
+            model, name=name, example=example, checkpoint_dir=folder, tags={**tags, **lineage}
+        )
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @task(name="complete-candidate", cache_policy=NO_CACHE)
@@ -70,24 +76,50 @@ def complete_candidate(name: str, version: str) -> None:
     set_alias(name, "candidate", version)
 
 
+#: Where the full erasure history goes in a run's artifacts; the registered model's tag of that name holds
+#: the ``runs:/`` URI of the latest copy.
+HISTORY_ARTIFACT = "model_card/erasure_history.md"
+HISTORY_JSON_ARTIFACT = "model_card/erasure_history.json"
+HISTORY_TAG = "erasure_history"
+
+
 def refresh_model_card(name: str) -> str:
-    """Re-render the registered model's description with its erasure history (from the version tags)."""
+    """Re-render the model card from the version tags: the full history as artifacts, a bounded description.
+
+    The full erasure history (every version, Markdown and JSON) is written to the run of the newest version
+    that has a run: at a batch's close that is the batch's own run; promotion and rollback write to the
+    same run, so each run keeps the history as of its version's last change, and no active run is needed.
+    It is written before the description that points at it (and the ``erasure_history`` tag holds the
+    same ``runs:/`` URI). The description stays bounded (``card_description``): MLflow's SQL stores hold
+    at most 5,000 characters, and a history that outgrew them failed every batch on PostgreSQL.
+    """
     client = MlflowClient()
     registered = client.get_registered_model(name)
     aliases: dict[str, list[str]] = {}
     for alias, version in (registered.aliases or {}).items():
         aliases.setdefault(str(version), []).append(alias)
     entries = []
+    runs: dict[int, str] = {}
     for mv in client.search_model_versions(f"name = '{name}'"):
         created = datetime.fromtimestamp(mv.creation_timestamp / 1000, UTC).strftime("%Y-%m-%d %H:%M")
         entries.append(
             VersionEntry.from_tags(str(mv.version), created, mv.tags or {}, aliases.get(str(mv.version), []))
         )
+        if mv.run_id:
+            runs[int(mv.version)] = mv.run_id
+    where = "not stored: no registered version has an MLflow run"
+    if runs:
+        run_id = runs[max(runs)]
+        client.log_text(run_id, history_markdown(name, entries), HISTORY_ARTIFACT)
+        client.log_dict(run_id, history_document(name, entries), HISTORY_JSON_ARTIFACT)
+        uri = f"runs:/{run_id}/{HISTORY_ARTIFACT}"
+        client.set_registered_model_tag(name, HISTORY_TAG, uri)
+        where = f"`{uri}` (and `{HISTORY_JSON_ARTIFACT}` beside it)"
     intro = (
         f"`{name}`: a model served under deletion requests. Versions are produced by deletion batches "
         "(HAMU unlearning or exact retraining) and become `champion` only through `hamu promote`."
     )
-    description = with_erasure_history(registered.description or intro, entries)
+    description = card_description(registered.description or intro, entries, full_history=where)
     client.update_registered_model(name, description=description)
     return description
 

@@ -8,8 +8,10 @@ reloads. ``pip_requirements`` is passed explicitly (inferring it costs seconds p
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,8 @@ from tasks.env import StatePaths
 EXPERIMENT = "hamu-unlearning"
 PIP_REQUIREMENTS = ["torch==2.13.0", "numpy", "safetensors"]
 CHECKPOINT_ARTIFACT = "checkpoint"
+#: The erasure manifest stored beside each version's checkpoint (keyed hashes of the records it lacks).
+MANIFEST_FILE = "erasures.json"
 
 
 def ensure_experiment(paths: StatePaths, name: str = EXPERIMENT) -> str:
@@ -39,6 +43,22 @@ def ensure_experiment(paths: StatePaths, name: str = EXPERIMENT) -> str:
     return str(exp_id)
 
 
+def synthetic_example(template: torch.Tensor) -> np.ndarray:
+    """Zeros of ``template``'s shape, as the float32 array MLflow stores as the input example and pt2 traces.
+
+    Why not the template itself: MLflow keeps the input example as a run artifact for as long as the
+    version exists, so a training row there would outlive its erasure. Only the shape of ``template`` is
+    read, never its values. Zeros are valid for every model here: an all-zero image is just an input, and
+    token ID 0 is the text featurizer's padding, which ``EmbeddingBag`` ignores (the text model casts the
+    float32 to token IDs itself, so the logged signature stays what it was). pt2 specialises a batch of 1
+    to a constant, hence at least 2 rows.
+    """
+    if template.ndim < 1 or template.shape[0] < 2:
+        shape = tuple(template.shape)
+        raise ValueError(f"the input example needs >= 2 rows (pt2 specialises a batch of 1), got {shape}")
+    return np.zeros(tuple(template.shape), dtype=np.float32)
+
+
 def log_model_version(
     model: torch.nn.Module,
     *,
@@ -47,26 +67,26 @@ def log_model_version(
     checkpoint_dir: Path,
     tags: Mapping[str, str],
 ) -> ModelVersion:
-    """Log the model (pt2 + safetensors checkpoint) in the active run and register a new version."""
+    """Log the model (pt2 + safetensors checkpoint) in the active run and register a new version.
+
+    ``example`` gives the input's shape only: MLflow gets :func:`synthetic_example` of it, never its rows.
+    The version is created with its ``tags`` (one registry call), so no crash leaves it untagged.
+    """
     if mlflow.active_run() is None:
         raise RuntimeError("log_model_version must run inside an MLflow run")
-    if example.shape[0] < 2:
-        raise ValueError("the input example needs >= 2 rows (pt2 specialises a batch of 1)")
+    input_example = synthetic_example(example)
     mlflow.log_artifacts(str(checkpoint_dir), artifact_path=CHECKPOINT_ARTIFACT)
     model = model.eval().cpu()
     info = mlflow.pytorch.log_model(
         model,
         name="model",
         serialization_format="pt2",
-        input_example=example.cpu().numpy().astype(np.float32),
+        input_example=input_example,
         pip_requirements=PIP_REQUIREMENTS,
-        registered_model_name=name,
     )
-    client = MlflowClient()
-    version = str(info.registered_model_version)
-    for key, value in tags.items():
-        client.set_model_version_tag(name, version, key, str(value))
-    return client.get_model_version(name, version)
+    # Register with the tags in the same call: set one by one afterwards, a crash in between would leave
+    # a version without its ``batch_id``, which recovery could never find and abandon.
+    return mlflow.register_model(info.model_uri, name, tags={k: str(v) for k, v in tags.items()})
 
 
 def alias_version(name: str, alias: str) -> ModelVersion | None:
@@ -80,15 +100,39 @@ def set_alias(name: str, alias: str, version: str) -> None:
     MlflowClient().set_registered_model_alias(name, alias, version)
 
 
-def download_checkpoint(version: ModelVersion, destination: Path | None = None) -> Path:
-    """Fetch the safetensors checkpoint logged with ``version``'s run."""
+def download_checkpoint(version: ModelVersion, destination: Path) -> Path:
+    """Fetch the safetensors checkpoint logged with ``version``'s run into ``destination``.
+
+    There is no default destination: a copy of the weights left in the system temp dir would outlive the
+    erasure of the rows they were trained on. Use :func:`checkpoint_folder` for a copy that is removed.
+    """
     if not version.run_id:
         raise ValueError(f"model version {version.name}/{version.version} has no source run")
-    dst = destination or Path(tempfile.mkdtemp(prefix="hamu-ckpt-"))
     path = mlflow.artifacts.download_artifacts(
-        run_id=version.run_id, artifact_path=CHECKPOINT_ARTIFACT, dst_path=str(dst)
+        run_id=version.run_id, artifact_path=CHECKPOINT_ARTIFACT, dst_path=str(destination)
     )
     return Path(path)
+
+
+@contextmanager
+def checkpoint_folder(version: ModelVersion) -> Iterator[Path]:
+    """``version``'s checkpoint folder, downloaded into a private (0700) temporary folder removed on exit.
+
+    Why: every reader (verification, lineage, loading the champion) needs the files only while it reads
+    them; a download left behind is one more copy of weights that may hold erased rows.
+    """
+    folder = Path(tempfile.mkdtemp(prefix="hamu-ckpt-"))
+    try:
+        yield download_checkpoint(version, folder)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def checkpoint_present(version: ModelVersion) -> bool:
+    """Whether ``version``'s run still holds a checkpoint in the artifact store (lists; downloads nothing)."""
+    if not version.run_id:
+        return False
+    return bool(MlflowClient().list_artifacts(version.run_id, CHECKPOINT_ARTIFACT))
 
 
 def log_flat_dict(prefix: str, values: Mapping[str, Any]) -> None:

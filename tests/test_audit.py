@@ -20,9 +20,11 @@ from hamu.audit import (
 )
 from hamu.audit.keys import AuditKeyError
 
+KEY = b"k" * 32
+
 
 def _ledger_with_records(root: Path, n: int = 4) -> Ledger:
-    ledger = Ledger(root)
+    ledger = Ledger(root, key=KEY)
     for i in range(n):
         art = ledger.add_artifact(f"report{i}", f"reports/r{i}.json", f'{{"step": {i}}}'.encode())
         ledger.append(
@@ -41,7 +43,7 @@ def _ledger_with_records(root: Path, n: int = 4) -> Ledger:
 
 def test_chain_verifies_and_links(tmp_path: Path) -> None:
     ledger = _ledger_with_records(tmp_path)
-    result = verify_ledger(tmp_path)
+    result = verify_ledger(tmp_path, KEY)
     assert result.ok and result.records == 4
     records = ledger.records()
     assert [r.seq for r in records] == [0, 1, 2, 3]
@@ -58,11 +60,11 @@ def test_flipping_any_byte_of_any_record_is_detected(tmp_path: Path) -> None:
         data = bytearray(original)
         data[pos] ^= 0x01
         path.write_bytes(bytes(data))
-        result = verify_ledger(tmp_path)
+        result = verify_ledger(tmp_path, KEY)
         assert not result.ok, f"flip at byte {pos} went unnoticed"
         assert "record" in (result.error or "")
     path.write_bytes(original)
-    assert verify_ledger(tmp_path).ok
+    assert verify_ledger(tmp_path, KEY).ok
 
 
 def test_modified_or_missing_artifact_is_named(tmp_path: Path) -> None:
@@ -71,10 +73,10 @@ def test_modified_or_missing_artifact_is_named(tmp_path: Path) -> None:
     data = bytearray(target.read_bytes())
     data[0] ^= 0x01
     target.write_bytes(bytes(data))
-    result = verify_ledger(tmp_path)
+    result = verify_ledger(tmp_path, KEY)
     assert not result.ok and "report1" in (result.error or "") and "r1.json" in (result.error or "")
     target.unlink()
-    result = verify_ledger(tmp_path)
+    result = verify_ledger(tmp_path, KEY)
     assert not result.ok and "missing" in (result.error or "")
 
 
@@ -83,7 +85,7 @@ def test_removed_record_breaks_the_chain(tmp_path: Path) -> None:
     path = tmp_path / "ledger.jsonl"
     lines = path.read_text().splitlines(keepends=True)
     path.write_text("".join(lines[:1] + lines[2:]))
-    result = verify_ledger(tmp_path)
+    result = verify_ledger(tmp_path, KEY)
     assert not result.ok and "seq" in (result.error or "")
 
 
@@ -115,7 +117,7 @@ def test_key_from_env_and_bad_keys(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 
 
 def test_receipts_are_found_by_keyed_hash(tmp_path: Path) -> None:
-    ledger = Ledger(tmp_path)
+    ledger = Ledger(tmp_path, key=KEY)
     store = ReceiptStore(ledger)
     hasher = KeyedHasher(b"k" * 32)
     receipt = ErasureReceipt(
@@ -133,7 +135,7 @@ def test_receipts_are_found_by_keyed_hash(tmp_path: Path) -> None:
     assert store.find(hasher.hash("req-2")) == []
     text = (tmp_path / ref["path"]).read_text()
     assert "req-1" not in text and "fmnist-train-000001" not in text
-    assert verify_ledger(tmp_path).ok
+    assert verify_ledger(tmp_path, KEY).ok
 
 
 def test_redact_ids_replaces_every_raw_id_by_its_keyed_hash() -> None:

@@ -105,7 +105,14 @@ def test_full_life_cycle_erased_only_by_promotion(queue: RequestQueue, tmp_path:
     assert erased.unlearned_at is None and erased.pending_promotion(clock.now) is None
     assert queue.served_erased_record_ids() == {"rec-1", "rec-2"}
     assert queue.erased_record_ids() == {"rec-1", "rec-2"}
-    assert queue.counts() == {"pending": 0, "claimed": 0, "unlearned": 0, "erased": 2, "rejected": 0}
+    assert queue.counts() == {
+        "pending": 0,
+        "claimed": 0,
+        "unlearned": 0,
+        "erased": 2,
+        "rejected": 0,
+        "quarantined": 0,
+    }
 
 
 def test_promotion_serves_requests_carried_over_from_unpromoted_candidates(

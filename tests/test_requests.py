@@ -437,7 +437,14 @@ def test_bad_file_is_rejected_whole_and_queue_unchanged(
         assert part in message
     assert caught.value.problems
     assert snapshot(queue) == before
-    assert before[0] == {"pending": 3, "claimed": 0, "unlearned": 0, "erased": 0, "rejected": 0}
+    assert before[0] == {
+        "pending": 3,
+        "claimed": 0,
+        "unlearned": 0,
+        "erased": 0,
+        "rejected": 0,
+        "quarantined": 0,
+    }
 
 
 def test_problems_carry_line_and_field(queue: RequestQueue, inbox: Path) -> None:
@@ -565,7 +572,14 @@ def test_claim_is_fifo_limited_and_exclusive(queue: RequestQueue) -> None:
     second = queue.claim_batch("b-2")
     assert [r.request_id for r in second] == ["seed-3"]
     assert queue.claim_batch("b-3") == []
-    assert queue.counts() == {"pending": 0, "claimed": 3, "unlearned": 0, "erased": 0, "rejected": 0}
+    assert queue.counts() == {
+        "pending": 0,
+        "claimed": 3,
+        "unlearned": 0,
+        "erased": 0,
+        "rejected": 0,
+        "quarantined": 0,
+    }
     assert [r.request_id for r in queue.list(batch_id="b-1")] == ["seed-1", "seed-2"]
 
 
@@ -609,7 +623,14 @@ def test_all_verdicts_recorded_and_closed(tmp_path: Path, inbox: Path) -> None:
     assert {r.request_id: (r.verdict.value, r.verdict_reason) for r in q.list()} == verdicts
     assert q.mark_rejected("b-1") == 4
     assert q.mark_unlearned("b-1", ["v-0"], "models:/digits/7") == 1
-    assert q.counts() == {"pending": 0, "claimed": 0, "unlearned": 1, "erased": 0, "rejected": 4}
+    assert q.counts() == {
+        "pending": 0,
+        "claimed": 0,
+        "unlearned": 1,
+        "erased": 0,
+        "rejected": 4,
+        "quarantined": 0,
+    }
     unlearned = q.get("v-0")
     assert unlearned.status is Status.UNLEARNED
     assert unlearned.model_version == "models:/digits/7" and unlearned.batch_id == "b-1"
@@ -643,7 +664,14 @@ def test_state_changes_refuse_requests_the_batch_does_not_hold(queue: RequestQue
         queue.mark_unlearned("b-1", ["seed-1", "seed-2"], "m:1")
     with pytest.raises(ValueError, match="model_version"):
         queue.mark_unlearned("b-1", ["seed-1"], "")
-    assert queue.counts() == {"pending": 0, "claimed": 3, "unlearned": 0, "erased": 0, "rejected": 0}
+    assert queue.counts() == {
+        "pending": 0,
+        "claimed": 3,
+        "unlearned": 0,
+        "erased": 0,
+        "rejected": 0,
+        "quarantined": 0,
+    }
 
 
 def test_timezones_survive_a_reopen(queue: RequestQueue, tmp_path: Path) -> None:
@@ -743,7 +771,14 @@ def test_processes_claiming_at_once_get_disjoint_claims_covering_all(tmp_path: P
         assert claimed[0] | claimed[1] == pending  # ...and nothing left behind
         for i, ids in enumerate(results):
             assert {r.request_id for r in q.list(batch_id=f"w{i}")} == set(ids)
-        assert q.counts() == {"pending": 0, "claimed": 300, "unlearned": 0, "erased": 0, "rejected": 0}
+        assert q.counts() == {
+            "pending": 0,
+            "claimed": 300,
+            "unlearned": 0,
+            "erased": 0,
+            "rejected": 0,
+            "quarantined": 0,
+        }
 
         # One claim of everything each: one process gets it all, the other only what is left (nothing).
         assert q.release_batch("w0") + q.release_batch("w1") == 300

@@ -316,7 +316,14 @@ def test_queue_to_verdicts_round_trip(tmp_path: Path) -> None:
     assert accepted == ["q-1", "q-4"]
     queue.mark_unlearned("batch-1", accepted, "2")
     assert queue.mark_rejected("batch-1") == 2
-    assert queue.counts() == {"pending": 0, "claimed": 0, "unlearned": 2, "erased": 0, "rejected": 2}
+    assert queue.counts() == {
+        "pending": 0,
+        "claimed": 0,
+        "unlearned": 2,
+        "erased": 0,
+        "rejected": 2,
+        "quarantined": 0,
+    }
     assert queue.get("q-3").verdict_reason == "record ID not in the training manifest"
 
     src2 = tmp_path / "in2.csv"

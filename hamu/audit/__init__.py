@@ -4,21 +4,37 @@ Plain Python (hashlib, hmac, json): the pipeline's tasks call it, and a reviewer
 nothing but this package.
 """
 
-from hamu.audit.keys import KeyedHasher, load_or_create_key
-from hamu.audit.ledger import GENESIS, Ledger, LedgerRecord, VerifyResult, verify_ledger
+from hamu.audit.keys import (
+    AuditKeyError,
+    KeyedHasher,
+    create_key,
+    key_fingerprint,
+    load_key,
+    load_or_create_key,
+)
+from hamu.audit.ledger import ANCHOR_TAG, GENESIS, Anchor, Ledger, LedgerRecord, VerifyResult, verify_ledger
 from hamu.audit.provenance import code_version, file_sha256, package_versions, sha256_bytes, sha256_json
 from hamu.audit.receipts import ErasureReceipt, ReceiptStore
+from hamu.audit.trail import anchor_problem, check_receipts
 
 __all__ = [
+    "ANCHOR_TAG",
     "GENESIS",
+    "Anchor",
+    "AuditKeyError",
     "ErasureReceipt",
     "KeyedHasher",
     "Ledger",
     "LedgerRecord",
     "ReceiptStore",
     "VerifyResult",
+    "anchor_problem",
+    "check_receipts",
     "code_version",
+    "create_key",
     "file_sha256",
+    "key_fingerprint",
+    "load_key",
     "load_or_create_key",
     "package_versions",
     "sha256_bytes",

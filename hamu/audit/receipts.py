@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from hamu.audit.ledger import Ledger
+from hamu.audit.provenance import file_sha256
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,9 @@ class ErasureReceipt:
     model_name: str = ""
     model_version: str = ""
     evidence: dict[str, Any] = field(default_factory=dict)
+    #: The ledger's chain head when the receipt was issued (:class:`hamu.audit.ledger.Anchor`): a ledger
+    #: cut back to before it no longer holds this anchor, which verification reports.
+    ledger_anchor: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), sort_keys=True, indent=2, ensure_ascii=False).encode()
@@ -44,9 +48,26 @@ class ReceiptStore:
         )
 
     def find(self, request_hash: str) -> list[ErasureReceipt]:
+        """The request's receipts that a ledger record references with their current digest.
+
+        Why only those: a receipt file anyone could drop into the folder proves nothing; one the chained
+        ledger names, byte for byte, does. Unreferenced or altered files are reported by verification.
+        """
         name = request_hash.split(":", 1)[-1][:32]
+        referenced = referenced_receipts(self.ledger)
         found = []
-        paths = (self.ledger.root / "receipts").glob(f"*/*{name}.json")
-        for path in sorted(paths, key=lambda p: p.stat().st_mtime_ns):
-            found.append(ErasureReceipt(**json.loads(path.read_text(encoding="utf-8"))))
-        return found
+        for path in (self.ledger.root / "receipts").glob(f"*/*{name}.json"):
+            seq, digest = referenced.get(str(path.relative_to(self.ledger.root)), (-1, ""))
+            if seq >= 0 and digest == file_sha256(path):
+                found.append((seq, path))
+        return [ErasureReceipt(**json.loads(path.read_text(encoding="utf-8"))) for _, path in sorted(found)]
+
+
+def referenced_receipts(ledger: Ledger) -> dict[str, tuple[int, str]]:
+    """Every receipt path the ledger references: the referencing record's seq and the recorded digest."""
+    return {
+        ref["path"]: (record.seq, ref["sha256"])
+        for record in ledger.records()
+        for ref in record.artifacts.values()
+        if ref["path"].startswith("receipts/")
+    }

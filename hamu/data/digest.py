@@ -13,6 +13,9 @@ machine and for every pyarrow version, and changes when any byte of the content 
 * The **dataset digest** covers the set of ``(record_id, record digest)`` pairs, sorted by ID: it names
   exactly which records with exactly which content, and survives reordering (a shuffled copy has the same
   digest; moving one record in or out, or changing one byte, changes it).
+* The **keyed digest** passes a dataset digest through a keyed hash (HMAC with the audit key in the
+  pipeline). It is for sets derived from forget rows alone: an unkeyed digest of a one-record forget set is
+  recovered by hashing each row of the training manifest in turn, a keyed one only with the key.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -29,6 +32,7 @@ import pyarrow as pa
 RECORD_ID = "record_id"
 _RECORD_DOMAIN = b"hamu-record-v1\n"
 _DATASET_DOMAIN = b"hamu-dataset-v1\n"
+_KEYED_DOMAIN = "hamu-keyed-dataset-v1\n"
 
 
 def arrow_table(ds: Any) -> pa.Table:
@@ -130,6 +134,24 @@ def manifest_digest(pairs: Iterable[tuple[str, str]]) -> str:
     for rid, digest in items:
         h.update(f"{rid}\t{digest}\n".encode())
     return h.hexdigest()
+
+
+def keyed_manifest_digest(pairs: Iterable[tuple[str, str]], keyed_hash: Callable[[str], str]) -> str:
+    """The manifest digest passed through ``keyed_hash`` (the pipeline's ``KeyedHasher.hash``, HMAC-SHA-256).
+
+    Why: the digest of a forget set is a fingerprint of the erased records. Unkeyed, anyone holding the
+    training manifest finds a one-record forget set by digesting each row in turn; keyed, that needs the
+    key. The same set under the same key keeps the same digest, so records still link across stores.
+    ``keyed_hash`` takes a callable, not key bytes, so the key never leaves its holder. Its result must be
+    labelled (``hmac-sha256:<hex>``) so a reader can tell a keyed digest from a plain one.
+    """
+    out = keyed_hash(_KEYED_DOMAIN + manifest_digest(pairs))
+    label, sep, value = out.partition(":")
+    if not (sep and label and value):
+        raise ValueError(
+            f"keyed_hash must return a labelled digest such as 'hmac-sha256:<hex>', got {out[:24]!r}"
+        )
+    return out
 
 
 def manifest(ds: Any) -> list[tuple[str, str]]:

@@ -7,6 +7,10 @@ is fully determined by its recipe (``strategy`` and ``params``) and can be rebui
 
 Refused, with the reason: an empty forget set (nothing to unlearn), and a forget set that is the whole
 training set (nothing to retain: retraining from scratch is the only honest answer).
+
+The forget digest of :func:`split_by_ids` (real deletion requests) is keyed when given ``keyed_hash``: it
+fingerprints the erased records alone, so unkeyed it would let anyone holding the training manifest find a
+small forget set by enumeration. The other strategies' forget sets follow from their public recipe anyway.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from hamu.data.digest import arrow_table, manifest, manifest_digest, union_digest
+from hamu.data.digest import arrow_table, keyed_manifest_digest, manifest, manifest_digest, union_digest
 from hamu.data.errors import InvalidSplitError, UnknownRecordIDsError
 from hamu.data.sampling import seeded_sample, stratified_sample
 from hamu.data.sources import build_dataset
@@ -34,8 +38,10 @@ class Split:
     """Retain, forget and test sets of one unlearning problem, with their content digests.
 
     ``train_digest`` is the digest of retain ∪ forget (what the original model trains on);
-    ``retain_digest`` is what the retrained reference trains on. ``params`` is the recipe that rebuilds
-    the split (strategy options, seed, and for ρ mixing the exact composition).
+    ``retain_digest`` is what the retrained reference trains on. ``forget_digest`` is labelled
+    ``hmac-sha256:`` when the split was built with a keyed hash (deletion requests), plain SHA-256 hex
+    otherwise. ``params`` is the recipe that rebuilds the split (strategy options, seed, and for ρ mixing
+    the exact composition).
     """
 
     retain: Any
@@ -118,6 +124,7 @@ def _build(
     strategy: str,
     params: Mapping[str, Any],
     train_manifest: list[tuple[str, str]] | None = None,
+    keyed_hash: Callable[[str], str] | None = None,
 ) -> Split:
     spec = spec_of(train)
     n = len(train)
@@ -137,12 +144,15 @@ def _build(
     full = train_manifest if train_manifest is not None else manifest(train)
     retain_m = [full[i] for i in retain_positions]
     forget_m = [full[i] for i in forget_positions]
+    forget_digest = (
+        manifest_digest(forget_m) if keyed_hash is None else keyed_manifest_digest(forget_m, keyed_hash)
+    )
     return Split(
         retain=train.select(retain_positions),
         forget=train.select(forget_positions),
         test=test,
         retain_digest=manifest_digest(retain_m),
-        forget_digest=manifest_digest(forget_m),
+        forget_digest=forget_digest,
         test_digest=manifest_digest(manifest(test)),
         train_digest=union_digest(retain_m, forget_m),
         spec=spec,
@@ -152,8 +162,15 @@ def _build(
 
 
 # ---------------------------------------------------------------------------------------------- strategies
-def split_by_ids(train: Any, test: Any, forget_ids: Iterable[str]) -> Split:
-    """Forget exactly the named records (the real path: one deletion batch). Duplicated IDs count once."""
+def split_by_ids(
+    train: Any, test: Any, forget_ids: Iterable[str], *, keyed_hash: Callable[[str], str] | None = None
+) -> Split:
+    """Forget exactly the named records (the real path: one deletion batch). Duplicated IDs count once.
+
+    ``keyed_hash`` (the audit key's ``KeyedHasher.hash``) keys the forget digest; pass it whenever the IDs
+    come from deletion requests, since the digest of the erased rows alone must not be enumerable from the
+    training manifest. Without it the forget digest is plain SHA-256 (fine for experiments only).
+    """
     wanted = list(dict.fromkeys(str(i) for i in forget_ids))
     if not wanted:
         raise InvalidSplitError("the forget set is empty: no record IDs were given")
@@ -163,7 +180,7 @@ def split_by_ids(train: Any, test: Any, forget_ids: Iterable[str]) -> Split:
     if missing:
         raise UnknownRecordIDsError(missing, f"the {spec_of(train).name} training set ({len(ids)} records)")
     positions = np.asarray([position[rid] for rid in wanted], dtype=np.int64)
-    return _build(train, test, positions, "ids", {"count": len(wanted)})
+    return _build(train, test, positions, "ids", {"count": len(wanted)}, keyed_hash=keyed_hash)
 
 
 def split_by_class(train: Any, test: Any, forget_class: int | str) -> Split:

@@ -16,7 +16,9 @@ from hamu.requests.intake import DEFAULT_MAX_BYTES, MAX_CLOCK_SKEW
 from hamu.requests.queue import RequestQueue, SubmitResult, default_queue_url
 from hamu.requests.schema import (
     BATCH_ID_PATTERN,
+    DEFAULT_MAX_REQUESTS,
     DEFAULT_PROMOTION_DEADLINE,
+    DEFAULT_QUARANTINE_AFTER,
     PROMOTION_DEADLINE_ENV,
     RECORD_ID_PATTERN,
     REQUEST_ID_PATTERN,
@@ -25,6 +27,7 @@ from hamu.requests.schema import (
     Request,
     Status,
     Verdict,
+    is_valid_batch_id,
     is_valid_record_id,
     is_valid_request_id,
     promotion_deadline,
@@ -33,7 +36,9 @@ from hamu.requests.schema import (
 __all__ = [
     "BATCH_ID_PATTERN",
     "DEFAULT_MAX_BYTES",
+    "DEFAULT_MAX_REQUESTS",
     "DEFAULT_PROMOTION_DEADLINE",
+    "DEFAULT_QUARANTINE_AFTER",
     "MAX_CLOCK_SKEW",
     "PROMOTION_DEADLINE_ENV",
     "RECORD_ID_PATTERN",
@@ -51,6 +56,7 @@ __all__ = [
     "SubmitResult",
     "Verdict",
     "default_queue_url",
+    "is_valid_batch_id",
     "is_valid_record_id",
     "is_valid_request_id",
     "promotion_deadline",

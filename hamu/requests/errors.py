@@ -7,13 +7,17 @@ from dataclasses import dataclass
 
 #: How many problems a :class:`RequestFileError` message spells out before summarising the rest.
 MAX_LISTED_PROBLEMS = 5
+#: How many problems a :class:`RequestFileError` keeps; the rest are only counted (``omitted``). Why: a
+#: file of a million bad lines would otherwise hold a million problems in memory (hundreds of MB), and
+#: whoever fixes the file acts on the first screenful anyway, then resubmits.
+MAX_KEPT_PROBLEMS = 100
 
 
 class RequestQueueError(Exception):
     """Base class of everything the queue raises on purpose."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class LineProblem:
     """One problem in a submitted file: where (1-based physical line, field) and what.
 
@@ -37,20 +41,34 @@ class LineProblem:
 class RequestFileError(RequestQueueError, ValueError):
     """A submitted file was rejected as a whole; nothing from it entered the queue.
 
-    ``problems`` holds every problem found (the message lists the first few), so a caller can show them
-    all; ``source`` is the path as given.
+    ``problems`` holds the first :data:`MAX_KEPT_PROBLEMS` problems in file order (the message lists the
+    first few), ``omitted`` counts the rest and ``bad_lines`` the distinct lines at fault, so a caller can
+    report the true extent without the error holding every problem; ``source`` is the path as given.
+    A caller that stopped collecting early passes what it only counted as ``omitted`` and ``bad_lines``.
     """
 
-    def __init__(self, source: str, problems: Sequence[LineProblem]) -> None:
+    def __init__(
+        self,
+        source: str,
+        problems: Sequence[LineProblem],
+        *,
+        omitted: int = 0,
+        bad_lines: int | None = None,
+    ) -> None:
         if not problems:
             raise ValueError("RequestFileError needs at least one problem")
+        if omitted < 0:
+            raise ValueError(f"omitted must be non-negative, got {omitted}")
         self.source = source
-        self.problems: tuple[LineProblem, ...] = tuple(problems)
+        self.problems: tuple[LineProblem, ...] = tuple(problems[:MAX_KEPT_PROBLEMS])
+        self.omitted = omitted + len(problems) - len(self.problems)
+        if bad_lines is None:
+            bad_lines = len({p.line for p in problems if p.line is not None})
+        self.bad_lines = bad_lines
         shown = "; ".join(str(p) for p in self.problems[:MAX_LISTED_PROBLEMS])
-        more = len(self.problems) - MAX_LISTED_PROBLEMS
+        more = len(self.problems) + self.omitted - MAX_LISTED_PROBLEMS
         tail = f"; and {more} more problem(s)" if more > 0 else ""
-        n_lines = len({p.line for p in self.problems if p.line is not None})
-        head = f"{n_lines} bad line(s), " if n_lines else ""
+        head = f"{bad_lines} bad line(s), " if bad_lines else ""
         super().__init__(f"{source}: file rejected ({head}no request queued): {shown}{tail}")
 
 

@@ -3,12 +3,19 @@
 States and who moves them::
 
     submit_file ──► pending ──claim_batch──► claimed ──mark_unlearned──► unlearned ──mark_served──► erased
-                       ▲                        │ │    (batch close: a      (promotion: the served
-                       └─────release_batch──────┘ │    candidate lacks it)   model lacks it)
-                                                  └──mark_rejected──► rejected
+                     ▲ ▲                      │ │ │    (batch close: a      (promotion: the served
+                     │ └───release_batch──────┘ │ │    candidate lacks it)   model lacks it)
+                     │                          │ └──mark_rejected──► rejected
+                     │                          └──quarantine, or release_batch after
+                     │                             quarantine_after failed batches──► quarantined
+                     └──────────────────────────requeue (an operator, once the cause is fixed)──┘
 
 ``overdue`` is derived, not stored: an ``unlearned`` request that has waited longer than a deadline for a
 promotion (:meth:`RequestQueue.list_overdue`).
+
+One failure must not block the queue: a claim takes at most ``limit`` requests
+(:data:`~hamu.requests.schema.DEFAULT_MAX_REQUESTS` unless told), and a request that keeps failing its
+batches is quarantined with a reason instead of being released to fail again every night.
 
 Every method is one database transaction, so a failure leaves the queue as it was. On SQLite every
 write transaction starts with ``BEGIN IMMEDIATE``: the write lock is taken before anything is read, so
@@ -48,13 +55,15 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError, OperationalError
-from sqlalchemy.schema import AddConstraint, DropConstraint
+from sqlalchemy.schema import Column, CreateColumn
 
 from hamu.requests.errors import LineProblem, QueueBusyError, QueueStateError, RequestFileError
 from hamu.requests.intake import DEFAULT_MAX_BYTES, FileFormat, load_request_file, parse_requests
 from hamu.requests.schema import (
     BATCH_ID_PATTERN,
+    DEFAULT_MAX_REQUESTS,
     DEFAULT_PROMOTION_DEADLINE,
+    DEFAULT_QUARANTINE_AFTER,
     Request,
     Status,
     Verdict,
@@ -134,6 +143,28 @@ def _status_check_is_current(conn: Connection) -> bool:
     return True
 
 
+def _missing_columns(conn: Connection) -> list[Column[Any]]:
+    """Columns this code declares that the stored table lacks (a table made by older code), in order."""
+    present = {c["name"] for c in inspect(conn).get_columns(_T.name)}
+    return [c for c in _T.columns if c.name not in present]
+
+
+def _add_columns(conn: Connection, columns: Sequence[Column[Any]]) -> None:
+    """``ALTER TABLE … ADD COLUMN`` each one, in the caller's transaction (SQLite and PostgreSQL alike).
+
+    Every column added since the first release is nullable or has a server default, so the rows already
+    there are filled in by the database and no copy is needed.
+    """
+    for column in columns:
+        ddl = CreateColumn(column).compile(dialect=conn.dialect)
+        conn.exec_driver_sql(f'ALTER TABLE "{_T.name}" ADD COLUMN {ddl}')
+
+
+def _table_is_current(conn: Connection) -> bool:
+    """True if the stored table has every column and status this code writes (nothing to migrate)."""
+    return not _missing_columns(conn) and _status_check_is_current(conn)
+
+
 def _widen_status_check(conn: Connection) -> None:
     """Replace an older status CHECK with the current one, keeping every row (in the caller's transaction).
 
@@ -144,10 +175,13 @@ def _widen_status_check(conn: Connection) -> None:
     old one. Either way the change commits with the caller's transaction or not at all.
     """
     if conn.dialect.name != "sqlite":
-        conn.execute(DropConstraint(_status_check()))
-        conn.execute(AddConstraint(_status_check()))
+        # Plain DDL, not SQLAlchemy's AddConstraint: constructing that marks the shared Table's constraint
+        # as "added later", and every CREATE TABLE in this process would then leave the status CHECK out.
+        check = _status_check()
+        conn.exec_driver_sql(f'ALTER TABLE "{_T.name}" DROP CONSTRAINT "{check.name}"')
+        conn.exec_driver_sql(f'ALTER TABLE "{_T.name}" ADD CONSTRAINT "{check.name}" CHECK ({check.sqltext})')
         return
-    old = f"{_T.name}_before_unlearned"
+    old = f"{_T.name}_before_widening"
     for index in inspect(conn).get_indexes(_T.name):
         if index["name"]:
             conn.exec_driver_sql(f'DROP INDEX "{index["name"]}"')
@@ -164,19 +198,26 @@ def _listed(items: Sequence[str]) -> str:
 
 
 def _claim_statement(batch_id: str, token: str, now: datetime, limit: int | None) -> Update:
-    """``UPDATE … SET status='claimed' WHERE status='pending' AND id IN (oldest pending, locked)``.
+    """``WITH picked AS (oldest pending, locked) UPDATE … SET status='claimed' WHERE id IN picked, pending``.
 
-    The sub-select's ``FOR UPDATE SKIP LOCKED`` makes concurrent PostgreSQL claimers take disjoint rows
-    without waiting; SQLite renders no locking clause and is serialised by ``BEGIN IMMEDIATE`` instead.
-    The outer ``status = 'pending'`` guard is re-evaluated on the row actually updated.
+    The pick's ``FOR UPDATE SKIP LOCKED`` makes concurrent PostgreSQL claimers take disjoint rows without
+    waiting; SQLite renders no locking clause and is serialised by ``BEGIN IMMEDIATE`` instead. The outer
+    ``status = 'pending'`` guard is re-evaluated on the row actually updated.
+
+    On PostgreSQL the pick is a ``MATERIALIZED`` CTE, evaluated exactly once. As a plain ``IN (sub-select)``
+    the planner may choose a nested-loop semi-join that rescans the sub-select for every outer row, and
+    each rescan's ``LIMIT … SKIP LOCKED`` yields further rows: the claim then took every pending request,
+    whatever ``limit`` said.
     """
     pick = select(_T.c.id).where(_T.c.status == Status.PENDING.value).order_by(_T.c.received_at, _T.c.id)
     if limit is not None:
         pick = pick.limit(limit)
-    pick = pick.with_for_update(skip_locked=True)
+    picked = (
+        pick.with_for_update(skip_locked=True).cte("picked").prefix_with("MATERIALIZED", dialect="postgresql")
+    )
     return (
         update(_T)
-        .where(_T.c.id.in_(pick), _T.c.status == Status.PENDING.value)
+        .where(_T.c.id.in_(select(picked.c.id)), _T.c.status == Status.PENDING.value)
         .values(
             status=Status.CLAIMED.value,
             batch_id=batch_id,
@@ -205,13 +246,20 @@ class RequestQueue:
         *,
         busy_timeout_s: float = 30.0,
         clock: Callable[[], datetime] = _utcnow,
+        quarantine_after: int = DEFAULT_QUARANTINE_AFTER,
         echo: bool = False,
     ) -> None:
         """Open (and create if needed) the queue at ``url``.
 
         ``busy_timeout_s`` bounds how long a writer waits for another writer's lock on SQLite;
-        ``clock`` must return timezone-aware datetimes (tests inject one to age claims).
+        ``clock`` must return timezone-aware datetimes (tests inject one to age claims);
+        ``quarantine_after`` is the number of failed batches after which a request is quarantined rather
+        than released (the default 3: released after the first two, quarantined by the third; see
+        :meth:`release_batch`).
         """
+        if type(quarantine_after) is not int or quarantine_after < 1:
+            raise ValueError(f"quarantine_after must be a positive integer, got {quarantine_after!r}")
+        self._quarantine_after = quarantine_after
         self._clock = clock
         parsed = make_url(url)
         self._sqlite = parsed.get_backend_name() == "sqlite"
@@ -227,18 +275,23 @@ class RequestQueue:
         self._create_schema()
 
     def _create_schema(self) -> None:
-        """Create the table if missing, or bring an older one's status CHECK up to date.
+        """Create the table if missing, or bring an older one up to date: its columns, then its status CHECK.
 
+        Columns come first, so that SQLite's rebuild for the CHECK copies every column the new table has.
         The write lock is only taken when something must change, and everything is checked again under
         it: another process opening the same database may have done the work already.
         """
         with self._transaction(write=False) as conn:
-            if inspect(conn).has_table(_T.name) and _status_check_is_current(conn):
+            if inspect(conn).has_table(_T.name) and _table_is_current(conn):
                 return
         with self._transaction(write=True) as conn:
             if not inspect(conn).has_table(_T.name):
                 metadata.create_all(conn)
-            elif not _status_check_is_current(conn):
+                return
+            missing = _missing_columns(conn)
+            if missing:
+                _add_columns(conn, missing)
+            if not _status_check_is_current(conn):
                 _widen_status_check(conn)
 
     def _install_sqlite_locking(self, *, file_backed: bool) -> None:
@@ -371,12 +424,17 @@ class RequestQueue:
 
     # ------------------------------------------------------------------ claims
 
-    def claim_batch(self, batch_id: str, *, limit: int | None = None) -> builtins.list[Request]:
+    def claim_batch(
+        self, batch_id: str, *, limit: int | None = DEFAULT_MAX_REQUESTS
+    ) -> builtins.list[Request]:
         """Claim up to ``limit`` pending requests (oldest ``received_at`` first) for ``batch_id``.
 
         One UPDATE guarded by ``status = 'pending'`` inside one write transaction: no request can be
         claimed by two batches, and a claimer that waited for another gets only what is left. A fresh
         claim token marks exactly the rows this call took, which are then read back in FIFO order.
+        ``limit`` defaults to :data:`~hamu.requests.schema.DEFAULT_MAX_REQUESTS`, so a backlog is worked
+        off over several batches instead of all at once; ``None`` lifts the cap (tools and tests only).
+        Quarantined requests are never claimed.
         """
         _check_batch_id(batch_id)
         if limit is not None and (not isinstance(limit, int) or limit < 1):
@@ -390,30 +448,126 @@ class RequestQueue:
             ).all()
         return [Request.from_row(r) for r in claimed]
 
-    def _release(self, *conditions: Any) -> int:
+    def release_batch(self, batch_id: str, *, failed: bool = True) -> int:
+        """Put a batch's still-claimed requests back to pending (verdicts cleared); return how many went back.
+
+        ``failed`` (the default: the batch raised) adds one to each request's ``failures``, and a request
+        that reaches ``quarantine_after`` failed batches is quarantined instead of released, with the
+        reason on its row, so a deterministic failure stops recurring every night. Recovery of a batch
+        whose *process died* passes ``failed=False``: a SIGKILL, power cut or OOM kill says nothing about
+        the requests, and counting it would quarantine sound requests after a few unlucky nights.
+        Requests the batch already unlearned or rejected stay so: only unfinished work moves. Both moves
+        are one transaction.
+        """
+        _check_batch_id(batch_id)
+        now = self._now()
+        held = (_T.c.status == Status.CLAIMED.value, _T.c.batch_id == batch_id)
+        with self._transaction(write=True) as conn:
+            if failed:
+                conn.execute(
+                    update(_T)
+                    .where(*held, _T.c.failures + 1 >= self._quarantine_after)
+                    .values(
+                        status=Status.QUARANTINED.value,
+                        failures=_T.c.failures + 1,
+                        quarantine_reason=self._quarantine_reason(batch_id),
+                        claim_token=None,
+                        claimed_at=None,
+                        updated_at=now,
+                    )
+                )
+            released = conn.execute(
+                update(_T)
+                .where(*held)
+                .values(
+                    status=Status.PENDING.value,
+                    failures=_T.c.failures + int(failed),
+                    batch_id=None,
+                    claim_token=None,
+                    claimed_at=None,
+                    verdict=None,
+                    verdict_reason=None,
+                    updated_at=now,
+                )
+            )
+            return released.rowcount
+
+    def _quarantine_reason(self, batch_id: str) -> str:
+        """Why :meth:`release_batch` quarantined a request: counts and batch IDs only, never record IDs."""
+        return (
+            f"failed in {self._quarantine_after} batches, the last {batch_id}; "
+            "their `failed` ledger records say why"
+        )
+
+    def quarantine(self, batch_id: str, request_ids: Iterable[str], reason: str) -> int:
+        """Quarantine requests ``batch_id`` holds, with ``reason`` (all or nothing); return how many.
+
+        For a failure the batch can pin on particular requests: only they leave the nightly loop, and the
+        rest of the batch carries on or is released. A quarantined request keeps its ``batch_id`` (the batch
+        that quarantined it) and verdict, and is never claimed again until :meth:`requeue`. Every request
+        named must be claimed by ``batch_id``; otherwise :class:`QueueStateError` and nothing changes.
+        """
+        _check_batch_id(batch_id)
+        if isinstance(request_ids, str):
+            raise TypeError("request_ids must be a collection of request IDs, not a single string")
+        if not isinstance(reason, str) or not reason.strip():
+            raise ValueError("quarantine needs a non-empty reason: the row must say why")
+        ids = list(dict.fromkeys(request_ids))
         stmt = (
             update(_T)
-            .where(_T.c.status == Status.CLAIMED.value, *conditions)
+            .where(
+                _T.c.request_id == bindparam("b_request_id"),
+                _T.c.status == Status.CLAIMED.value,
+                _T.c.batch_id == batch_id,
+            )
             .values(
-                status=Status.PENDING.value,
-                batch_id=None,
+                status=Status.QUARANTINED.value,
+                quarantine_reason=reason,
                 claim_token=None,
                 claimed_at=None,
+                updated_at=self._now(),
+            )
+        )
+        with self._transaction(write=True) as conn:
+            self._require_held(conn, batch_id, ids, allowed=lambda _row: None)
+            if ids:
+                conn.execute(stmt, [{"b_request_id": r} for r in ids])
+        return len(ids)
+
+    def requeue(self, request_ids: Iterable[str]) -> int:
+        """Quarantined → pending, failure count and reason cleared (all or nothing); return how many.
+
+        An operator's call once the cause is fixed, or to give the sound requests of a quarantined batch
+        another go. A request that is unknown or not quarantined raises :class:`QueueStateError`, and
+        nothing changes.
+        """
+        if isinstance(request_ids, str):
+            raise TypeError("request_ids must be a collection of request IDs, not a single string")
+        ids = list(dict.fromkeys(request_ids))
+        stmt = (
+            update(_T)
+            .where(_T.c.request_id == bindparam("b_request_id"), _T.c.status == Status.QUARANTINED.value)
+            .values(
+                status=Status.PENDING.value,
+                failures=0,
+                quarantine_reason=None,
+                batch_id=None,
                 verdict=None,
                 verdict_reason=None,
                 updated_at=self._now(),
             )
         )
         with self._transaction(write=True) as conn:
-            return conn.execute(stmt).rowcount
-
-    def release_batch(self, batch_id: str) -> int:
-        """Put a batch's still-claimed requests back to pending (its verdicts are cleared); return how many.
-
-        Requests the batch already unlearned or rejected stay so: only unfinished work goes back.
-        """
-        _check_batch_id(batch_id)
-        return self._release(_T.c.batch_id == batch_id)
+            rows = self._rows_by_request_id(conn, ids)
+            missing = [r for r in ids if r not in rows]
+            if missing:
+                raise QueueStateError(f"unknown request_id(s): {_listed(missing)}; nothing changed")
+            other = [f"{r} ({rows[r].status})" for r in ids if rows[r].status != Status.QUARANTINED.value]
+            if other:
+                raise QueueStateError(f"not quarantined: {_listed(other)}; nothing changed")
+            if ids:
+                conn.execute(stmt, [{"b_request_id": r} for r in ids])
+        return len(ids)
 
     # ------------------------------------------------------------------ outcomes
 

@@ -24,6 +24,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    text,
 )
 from sqlalchemy.types import TypeDecorator
 
@@ -39,6 +40,7 @@ BATCH_ID_PATTERN = REQUEST_ID_PATTERN
 # ``$`` also matches before a trailing newline, so the compiled forms are used with ``fullmatch``.
 _RECORD_ID_RE = re.compile(RECORD_ID_PATTERN[1:-1])
 _REQUEST_ID_RE = re.compile(REQUEST_ID_PATTERN[1:-1])
+_BATCH_ID_RE = re.compile(BATCH_ID_PATTERN[1:-1])
 
 
 def is_valid_record_id(value: object) -> bool:
@@ -49,6 +51,15 @@ def is_valid_record_id(value: object) -> bool:
 def is_valid_request_id(value: object) -> bool:
     """True if ``value`` is a string matching :data:`REQUEST_ID_PATTERN` (whole string, no newline)."""
     return isinstance(value, str) and _REQUEST_ID_RE.fullmatch(value) is not None
+
+
+def is_valid_batch_id(value: object) -> bool:
+    """True if ``value`` is a string matching :data:`BATCH_ID_PATTERN` (whole string, no newline).
+
+    Recovery uses it to tell a batch's working area from anything else found in ``work/``
+    (``lost+found``, a stray file), which it must leave alone.
+    """
+    return isinstance(value, str) and _BATCH_ID_RE.fullmatch(value) is not None
 
 
 class Reason(StrEnum):
@@ -66,6 +77,9 @@ class Status(StrEnum):
     ``unlearned`` and ``erased`` are kept apart because a requester is owed the second: ``unlearned`` means a
     *candidate* model version without the record exists, ``erased`` that the *served* model (``champion``)
     no longer carries it, which only a promotion can make true. A claim can go back to ``pending``.
+
+    ``quarantined`` takes a request out of the nightly loop (``claimed → quarantined``) when its batches keep
+    failing on it: it is never claimed again until an operator requeues it, and its row says why.
     """
 
     PENDING = "pending"
@@ -73,6 +87,19 @@ class Status(StrEnum):
     UNLEARNED = "unlearned"
     ERASED = "erased"
     REJECTED = "rejected"
+    QUARANTINED = "quarantined"
+
+
+#: The most requests one batch claims unless told otherwise. Far above a night's volume at the demo's
+#: scale (500), so an ordinary night is one batch; yet it bounds what one batch holds: the forget set it
+#: loads and evaluates, its memory and run time, and how many requests a single failure sends back. A
+#: larger backlog drains oldest first over the following batches.
+DEFAULT_MAX_REQUESTS = 10_000
+#: A request released by this many failed batches is quarantined instead of released again. Two failures
+#: in a row can be bad luck (a registry restart, a full disk); a third on the same requests is treated as
+#: deterministic, and at a nightly cadence it stops the loop within three days, well inside the 30-day
+#: promotion deadline, so an operator still has time to act.
+DEFAULT_QUARANTINE_AFTER = 3
 
 
 #: How long an ``unlearned`` request may wait for a promotion before it is reported ``overdue``.
@@ -168,6 +195,9 @@ requests_table = Table(
     Column("claimed_at", UTCDateTime, nullable=True),
     Column("model_version", String(256), nullable=True),
     Column("updated_at", UTCDateTime, nullable=False),
+    # Failed batches (an exception, not a crash) that released this request; see ``release_batch``.
+    Column("failures", Integer, nullable=False, default=0, server_default=text("0")),
+    Column("quarantine_reason", Text, nullable=True),
     CheckConstraint(_in("reason", Reason), name="ck_deletion_requests_reason"),
     CheckConstraint(_in("status", Status), name="ck_deletion_requests_status"),
     CheckConstraint(f"verdict IS NULL OR {_in('verdict', Verdict)}", name="ck_deletion_requests_verdict"),
@@ -181,6 +211,8 @@ class Request:
 
     ``received_at`` is when the requester filed it (from the submitted file); ``submitted_at`` is when it
     entered this queue; ``source_sha256`` is the digest of the file it came from, for lineage.
+    ``failures`` counts the failed batches that released it, and ``quarantine_reason`` says why a
+    ``quarantined`` request was taken out of the queue (``None`` otherwise).
     """
 
     request_id: str
@@ -196,6 +228,8 @@ class Request:
     submitted_at: datetime
     source_sha256: str
     model_version: str | None
+    failures: int = 0
+    quarantine_reason: str | None = None
 
     @property
     def unlearned_at(self) -> datetime | None:
@@ -234,4 +268,6 @@ class Request:
             submitted_at=m["submitted_at"],
             source_sha256=m["source_sha256"],
             model_version=m["model_version"],
+            failures=m["failures"],
+            quarantine_reason=m["quarantine_reason"],
         )

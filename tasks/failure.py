@@ -1,0 +1,94 @@
+"""A failed batch, recorded without raw IDs: the ledger's ``failed`` record and the exception Prefect logs.
+
+Exception text is written by whatever raised it, and it often quotes the record or request it was handling
+(``KeyError('digits-train-000007')``, "record_id 'x' does not match"). The ledger is kept forever and the
+Prefect logs go to its database, so both get the text with every known raw ID replaced by the first 16
+hex digits of its keyed hash (the form receipts and reports use).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Collection
+from pathlib import Path
+
+from hamu.audit import KeyedHasher
+from hamu.requests import RequestQueue
+from tasks.audit import BatchAudit, redact_ids
+from tasks.recovery import clean_up_failed_batch
+
+# Text scanned for IDs per message; longer text is cut first (the substring pass costs one scan of the text
+# per known ID). ``_ID_TAIL`` is what either ID grammar allows: a cut never leaves part of an ID behind.
+_SCAN_CHARS = 10_000
+_REASON_CHARS = 500
+_ID_TAIL = re.compile(r"[A-Za-z0-9._:-]*\Z")
+
+
+def _cut(text: str) -> str:
+    if len(text) <= _SCAN_CHARS:
+        return text
+    head = _ID_TAIL.sub("", text[:_SCAN_CHARS])
+    return f"{head}[... {len(text) - len(head)} characters cut]"
+
+
+def redact_failure_text(text: str, raw_ids: Collection[str], hasher: KeyedHasher) -> str:
+    """``text`` with every ID of ``raw_ids`` replaced by its keyed form (text past 10,000 characters is cut).
+
+    :func:`tasks.audit.redact_ids` matches whole tokens; exception text also glues IDs to punctuation
+    (``rec-1:``, ``id=rec-1``, ``rec-1.``), so any ID still present as a substring is replaced too, longest
+    first (an ID inside a longer one must not leave the longer one's tail behind).
+    """
+    out = redact_ids(_cut(text), raw_ids, hasher)
+    for rid in sorted((i for i in raw_ids if i and i in out), key=len, reverse=True):
+        out = out.replace(rid, f"<{hasher.hex(rid)[:16]}>")
+    return out
+
+
+def scrub_exception(exc: BaseException, raw_ids: Collection[str], hasher: KeyedHasher) -> None:
+    """Redact the string arguments of ``exc`` and of every exception chained to it, in place.
+
+    Why in place: re-raising the same object keeps its type and traceback for callers and Prefect, while
+    the message Prefect logs (``repr`` and the traceback's last line, both built from ``args`` for nearly
+    every exception) names no raw ID. Exceptions that build their text from other attributes (``OSError``'s
+    ``filename``, a custom ``__str__``) keep it; the ledger text is redacted separately for that reason.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        args = tuple(
+            redact_failure_text(a, raw_ids, hasher) if isinstance(a, str) else a for a in current.args
+        )
+        with contextlib.suppress(AttributeError, TypeError):  # best effort: never hide the original error
+            current.args = args
+        current = current.__cause__ or current.__context__
+
+
+def record_failure(
+    exc: BaseException,
+    *,
+    queue: RequestQueue,
+    audit: BatchAudit,
+    raw_ids: Collection[str],
+    work_dir: Path,
+) -> None:
+    """Release the batch's claim, append its ``failed`` record (redacted) and clean up after it.
+
+    ``raw_ids`` are the IDs the failure text may quote: the claimed requests' request and record IDs and the
+    training manifest's record IDs (which include earlier erasures carried over into this batch). ``exc`` is
+    scrubbed in place so that the caller can re-raise it.
+    """
+    scrub_exception(exc, raw_ids, audit.hasher)
+    # An interruption (Ctrl-C, cancellation) is not the requests' fault: it must not count towards their
+    # quarantine. An exception does.
+    failed = isinstance(exc, Exception)
+    released = queue.release_batch(audit.batch_id, failed=failed)
+    reason = redact_failure_text(f"{type(exc).__name__}: {exc}", raw_ids, audit.hasher)
+    audit.record(
+        "failed",
+        decision="released",
+        reason=reason[:_REASON_CHARS],
+        params={"counted_as_failure": failed, "released": released},
+    )
+    clean_up_failed_batch(audit, work_dir)
