@@ -123,6 +123,7 @@ def batches(
     """Full batch (one tensor pair, cycled by the loop) or a seeded, reshuffled mini-batch iterable."""
     if batch is None or batch <= 0 or batch >= len(y):
         return [(x, y)]
+    size: int = batch  # narrowed here; the class body below does not see the narrowing
 
     class _Shuffled:
         def __init__(self) -> None:
@@ -130,8 +131,8 @@ def batches(
 
         def __iter__(self) -> Any:
             perm = torch.randperm(len(y), generator=self.gen)
-            for i in range(0, len(y) - batch + 1, batch):  # drop the ragged tail: fixed batch sizes
-                idx = perm[i : i + batch]
+            for i in range(0, len(y) - size + 1, size):  # drop the ragged tail: fixed batch sizes
+                idx = perm[i : i + size]
                 yield x[idx], y[idx]
 
     return _Shuffled()

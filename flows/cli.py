@@ -372,7 +372,12 @@ def _refuse_on(*errors: type[Exception]) -> Iterator[None]:
 @app.command()
 def promote(
     batch: str = typer.Option(..., "--batch", help="the batch whose candidate should become champion"),
-    utility_budget: float = typer.Option(0.02, help="largest allowed test-accuracy drop vs the original"),
+    utility_budget: float | None = typer.Option(
+        None,
+        help="largest allowed test-accuracy drop vs the retrained reference "
+        "[default: hamu.verdict.UTILITY_BUDGET]",
+        show_default=False,
+    ),
     accept_insufficient_evidence: bool = typer.Option(
         False,
         "--accept-insufficient-evidence",
@@ -395,7 +400,7 @@ def promote(
 
     try:
         override = check_override(accept_insufficient_evidence, reason)
-        policy = GatePolicy(utility_budget=utility_budget)
+        policy = GatePolicy() if utility_budget is None else GatePolicy(utility_budget=utility_budget)
     except (PromotionInputError, ValueError) as exc:
         err.print(f"[red]bad parameters[/red]: {exc}")
         raise typer.Exit(2) from None

@@ -33,10 +33,11 @@ from tasks.audit import BatchAudit
 from tasks.batch_report import write_batch_report
 from tasks.env import configure_environment
 from tasks.evaluation import evaluate, make_plots, own_inputs, shadow_specs, train_shadow
-from tasks.failure import record_failure
+from tasks.failure import record_failure, redacted_run_logs
 from tasks.faults import check_fault_spec, maybe_fault
 from tasks.hardness import assess, gate
 from tasks.intake import claim_batch, close_requests, record_verdicts
+from tasks.lease import keep_lease
 from tasks.lineage import drift_of, plan_batch
 from tasks.locks import BatchLock
 from tasks.models import candidate_source, ensure_champion, load_preset_data, retrained_reference
@@ -60,7 +61,9 @@ def new_batch_id() -> str:
 
 @flow(
     name="shadow-references",
-    task_runner=DaskTaskRunner(cluster_kwargs={"n_workers": 1, "threads_per_worker": 2, "processes": False}),
+    # prefect_dask's DaskTaskRunner subclasses the bare TaskRunner, whose (invariant) future type then
+    # defaults to PrefectConcurrentFuture, so flow()'s TaskRunner[PrefectFuture[Any]] refuses it; it runs fine
+    task_runner=DaskTaskRunner(cluster_kwargs={"n_workers": 1, "threads_per_worker": 2, "processes": False}),  # type: ignore[arg-type]
 )
 def shadow_references(specs: list[ReferenceSpec]) -> list[ReferenceStats]:
     """Train the LiRA reference models in parallel on a Dask cluster (one task per model)."""
@@ -112,7 +115,11 @@ def deletion_batch(config: BatchConfig | None = None, batch_id: str | None = Non
         # What a failure's text may quote: the claimed IDs, and the manifest's (carried-over erasures).
         raw_ids = {i for r in claimed for i in (r.request_id, r.record_id)} | set(data.manifest_ids)
         try:
-            summary.update(_run_claimed(cfg, paths, data, champion, claimed, queue, audit, timings, summary))
+            # keep_lease renews the claims' lease while the batch runs; Prefect's run logs get no raw ID
+            with keep_lease(queue, batch_id), redacted_run_logs(raw_ids, hasher):
+                summary.update(
+                    _run_claimed(cfg, paths, data, champion, claimed, queue, audit, timings, summary)
+                )
         except BaseException as exc:
             record_failure(exc, queue=queue, audit=audit, raw_ids=raw_ids, work_dir=paths.work_dir(batch_id))
             raise  # scrubbed in place: Prefect logs the redacted message

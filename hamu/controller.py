@@ -44,6 +44,7 @@ import torch
 from torch import nn
 
 from hamu.core.transform import HamuConfig
+from hamu.methods.registry import HAMU_METHODS
 from hamu.unlearner import (
     STOP_DEGRADATION,
     STOP_INFEASIBLE,
@@ -63,7 +64,6 @@ STOP_TARGET = "target"
 STOP_STALLED = "stalled"
 STOP_ALREADY_PAST = "already-past-target"
 
-HAMU_METHODS: tuple[str, ...] = ("hamu-q", "hamu-u")
 #: η never grows past ``config.lr · LR_GROWTH_LIMIT`` (8 chunks of ×2, 4 of ×4): a converged model's
 #: gradients can be ~100× smaller than a lightly trained one's, and a bound keeps a run that cannot make
 #: progress from diverging before it is declared stalled.

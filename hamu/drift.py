@@ -20,9 +20,8 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import Any
 
-DriftAction = Literal["recommend", "retrain"]
 _AUC_PREFIXES = ("attacks.forget_vs_test.", "shadow.forget_vs_test.")
 
 

@@ -28,10 +28,8 @@ from torch import nn
 
 from hamu.core.solver import Branch
 from hamu.core.transform import HamuConfig, HamuTransform
-from hamu.unlearner import LossFn, StepRecord, UnlearnConfig, Unlearner, resolve_device
-
-#: The methods whose steps HAMU's geometry describes; for any other method the verdict is advisory.
-HAMU_METHODS: tuple[str, ...] = ("hamu-q", "hamu-u")
+from hamu.methods.registry import HAMU_METHODS  # for any other method the hardness verdict is advisory
+from hamu.unlearner import FrozenBatchNorm, LossFn, StepRecord, UnlearnConfig, Unlearner, resolve_device
 
 
 @dataclass(frozen=True)
@@ -200,7 +198,7 @@ def _geometry(
     transform = HamuTransform(cfg)
     rows: list[torch.Tensor] = []
     per_tensor = torch.zeros(runner.layout.num_segments, device=runner.device)
-    with _frozen_batchnorm(runner.model, runner.config.freeze_batchnorm):
+    with FrozenBatchNorm(runner.model, runner.config.freeze_batchnorm):
         for r_batch, f_batch in zip(retain, forget, strict=True):
             g_r = runner.objective_gradient("task", [r_batch])
             g_f = runner.objective_gradient("task", [f_batch])
@@ -258,22 +256,6 @@ def _draw(data: Iterable[Any], n: int, name: str) -> list[Any]:
         if len(out) == before:
             raise ValueError(f"the {name} data yielded no batches")
     return out
-
-
-@contextmanager
-def _frozen_batchnorm(model: nn.Module, enabled: bool) -> Iterator[None]:
-    """Train mode with batch-norm layers in eval mode (running statistics frozen); modes restored after."""
-    modes = [(m, m.training) for m in model.modules()]
-    model.train()
-    if enabled:
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.eval()
-    try:
-        yield
-    finally:
-        for m, mode in modes:
-            m.training = mode
 
 
 @contextmanager

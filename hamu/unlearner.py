@@ -36,9 +36,8 @@ from torch import nn
 
 from hamu.core.layout import FlatLayout
 from hamu.core.transform import HamuConfig
-from hamu.methods.base import Objective, UpdateRule
-from hamu.methods.baselines import Scrub
-from hamu.methods.hamu_rule import HamuRule
+from hamu.device import resolve_device
+from hamu.methods.base import Objective, UpdateRule, objective_weights, stops_on_degradation
 from hamu.methods.registry import make_method
 
 Role = Literal["retain", "forget"]
@@ -171,16 +170,6 @@ class SequentialPairing:
         )
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when present, else CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(name)
-    except RuntimeError as exc:
-        raise ValueError(f"unknown device {name!r}: {exc}") from None
-
-
 def auto_move_message(model: nn.Module, name: str, target: torch.device) -> str | None:
     """What to tell the user when ``device=name`` moves ``model`` (in place) to another device, else None.
 
@@ -244,15 +233,16 @@ def _kl_to_reference(logits: torch.Tensor, reference_logits: torch.Tensor) -> to
     )
 
 
-class _FrozenBatchNorm:
-    """Keep batch-norm layers in eval mode (running statistics frozen; affine weights still train)."""
+class FrozenBatchNorm:
+    """While entered: train mode, batch-norm layers in eval mode (running statistics frozen; affine weights
+    still train). Every module's mode is restored on exit. ``enabled=False``: train mode only."""
 
     def __init__(self, model: nn.Module, enabled: bool) -> None:
         self.model = model
         self.enabled = enabled
         self.modes: list[tuple[nn.Module, bool]] = []
 
-    def __enter__(self) -> _FrozenBatchNorm:
+    def __enter__(self) -> FrozenBatchNorm:
         self.modes = [(m, m.training) for m in self.model.modules()]
         self.model.train()
         if self.enabled:
@@ -314,9 +304,7 @@ class Unlearner:
         kl = _kl_to_reference(logits, ref_logits)
         if objective == "kl":
             return kl
-        method = self.method
-        alpha = method.alpha if isinstance(method, Scrub) else 0.001
-        gamma = method.gamma if isinstance(method, Scrub) else 0.99
+        alpha, gamma = objective_weights(self.method)
         return alpha * kl + gamma * self.loss_fn(logits, targets)
 
     def evaluated_loss(self, batches: Sequence[Any]) -> torch.Tensor:
@@ -395,7 +383,7 @@ class Unlearner:
         stop_reason = STOP_MAX_STEPS
         applied = 0
         bar = _progress_bar(cfg.max_steps, method.name, enabled=progress)
-        with _FrozenBatchNorm(self.model, cfg.freeze_batchnorm):
+        with FrozenBatchNorm(self.model, cfg.freeze_batchnorm):
             for step in range(cfg.max_steps):
                 computed: dict[Role, ObjectiveGradient] = {}
                 for role in roles:
@@ -478,7 +466,7 @@ class Unlearner:
         stop: str | None = None
         if infeasible:
             stop = STOP_INFEASIBLE
-        elif degradation and _stops_on_degradation(self.method):
+        elif degradation and stops_on_degradation(self.method):
             stop = STOP_DEGRADATION
         return StepRecord(
             step=step,
@@ -509,10 +497,6 @@ class Unlearner:
         raise NonFiniteError(
             f"step {step}: the {role} gradient of tensor {name!r} is NaN/Inf; no update was applied"
         )
-
-
-def _stops_on_degradation(method: UpdateRule) -> bool:
-    return isinstance(method, HamuRule) and method.config.stop_on_degradation
 
 
 class _NullBar:
@@ -563,6 +547,7 @@ def unlearn(
 
 
 __all__ = [
+    "FrozenBatchNorm",
     "HamuConfig",
     "NonFiniteError",
     "PairedGradients",

@@ -44,6 +44,8 @@ Evidence = Literal["adequate", "insufficient"]
 
 FORGET_METRICS = ("utility.forget.accuracy", "utility.forget.loss")
 KS_METRIC = "forget_quality.ks_d"
+#: The test-accuracy drop a candidate may show against the retrained reference unless a policy says otherwise.
+UTILITY_BUDGET = 0.02
 
 
 @dataclass(frozen=True)
@@ -59,7 +61,7 @@ class GatePolicy:
     caps: Mapping[str, float] = field(
         default_factory=lambda: {"accuracy": 0.05, "loss": 0.25, "auc": 0.05, "ks_d": 0.2}
     )
-    utility_budget: float = 0.02
+    utility_budget: float = UTILITY_BUDGET
     ks_alpha: float = 0.05
 
     def __post_init__(self) -> None:

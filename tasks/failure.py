@@ -1,4 +1,5 @@
-"""A failed batch, recorded without raw IDs: the ledger's ``failed`` record and the exception Prefect logs.
+"""A failed batch, recorded without raw IDs: the ledger's ``failed`` record, the exception Prefect logs, and
+every Prefect run log line written while the batch runs.
 
 Exception text is written by whatever raised it, and it often quotes the record or request it was handling
 (``KeyError('digits-train-000007')``, "record_id 'x' does not match"). The ledger is kept forever and the
@@ -9,8 +10,9 @@ hex digits of its keyed hash (the form receipts and reports use).
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
 from pathlib import Path
 
 from hamu.audit import KeyedHasher
@@ -92,3 +94,46 @@ def record_failure(
         params={"counted_as_failure": failed, "released": released},
     )
     clean_up_failed_batch(audit, work_dir)
+
+
+#: Prefect's loggers for flow- and task-run messages (its engine logs a failing task's exception there,
+#: before the flow sees it, and ships the record to its database).
+RUN_LOGGERS = ("prefect.flow_runs", "prefect.task_runs")
+
+
+class RedactingFilter(logging.Filter):
+    """Rewrites a log record's message (and scrubs its exception) so that no known raw ID is logged.
+
+    A filter on the logger that creates the record runs before any handler sees it, Prefect's API handler
+    included, so the redacted text is the only text that leaves the process.
+    """
+
+    def __init__(self, raw_ids: Collection[str], hasher: KeyedHasher) -> None:
+        super().__init__()
+        self.raw_ids = raw_ids
+        self.hasher = hasher
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a malformed record: leave it to logging's own error handling
+            return True
+        record.msg, record.args = redact_failure_text(message, self.raw_ids, self.hasher), ()
+        if record.exc_info and record.exc_info[1] is not None:
+            scrub_exception(record.exc_info[1], self.raw_ids, self.hasher)
+            record.exc_text = None
+        return True
+
+
+@contextlib.contextmanager
+def redacted_run_logs(raw_ids: Collection[str], hasher: KeyedHasher) -> Iterator[RedactingFilter]:
+    """While the block runs, Prefect's flow- and task-run log lines carry no raw ID of ``raw_ids``."""
+    redacting = RedactingFilter(frozenset(raw_ids), hasher)
+    loggers = [logging.getLogger(name) for name in RUN_LOGGERS]
+    for logger in loggers:
+        logger.addFilter(redacting)
+    try:
+        yield redacting
+    finally:
+        for logger in loggers:
+            logger.removeFilter(redacting)

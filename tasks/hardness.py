@@ -10,27 +10,15 @@ from prefect.cache_policies import NO_CACHE
 
 from hamu.core.transform import HamuConfig
 from hamu.decision import CostEstimate, Decision, decide
-from hamu.hardness import HAMU_METHODS, HardnessReport, assess_hardness
+from hamu.hardness import HardnessReport, assess_hardness
+from tasks.config import RUN_DEVICE, BatchConfig
 from tasks.loaders import batches
 from tasks.models import ServedModel
-
-#: Where :func:`tasks.unlearning.run_unlearning` runs (CUDA when present): the cost is timed there.
-RUN_DEVICE = "auto"
-
-
-def run_method_options(config: Any) -> dict[str, Any]:
-    """The method options :func:`tasks.unlearning.run_unlearning` passes for ``config.method``."""
-    if config.method in HAMU_METHODS:
-        return {
-            "constraint_ratio": config.constraint_ratio,
-            "stop_on_degradation": config.stop_on_degradation,
-        }
-    return {}
 
 
 @task(name="assess-hardness", cache_policy=NO_CACHE)
 def assess(
-    champion: ServedModel, retain: tuple[Any, Any], forget: tuple[Any, Any], config: Any
+    champion: ServedModel, retain: tuple[Any, Any], forget: tuple[Any, Any], config: BatchConfig
 ) -> tuple[HardnessReport, float]:
     """HAMU's geometry on ``hardness_batches`` paired batches, and the measured seconds per step of the
     batch's method on the device the unlearning runs on (after one warm-up step). The champion's model is
@@ -49,7 +37,7 @@ def assess(
         max_grad_norm=config.max_grad_norm,
         device=RUN_DEVICE,
         method=config.method,
-        method_options=run_method_options(config),
+        method_options=config.method_options(),
     )
     return report, report.seconds_per_step
 
@@ -60,7 +48,7 @@ def gate(
     seconds_per_step: float,
     champion: ServedModel,
     retain_rows: int,
-    config: Any,
+    config: BatchConfig,
     drift_breaches: list[str],
 ) -> Decision:
     """Retrain cost: the champion's recorded training time, scaled to the retain set's size. A source

@@ -1,7 +1,11 @@
 """Recovery from batches that died (SIGKILL, power loss) before they finished, run at the start of every
 batch.
 
-A batch is dead when its ``flock`` can be taken (see :mod:`tasks.locks`). For each dead batch:
+A batch is dead when its ``flock`` can be taken (see :mod:`tasks.locks`), or when the lease on its claims
+expired in the queue (``RequestQueue.release_expired``; a running batch renews it, see :mod:`tasks.lease`).
+The lease is what makes recovery safe across hosts: a batch running on another host or pod leaves no lock
+file in this ``work/``, so its ``flock`` proves nothing here, and its claims are left alone while their
+lease is live. For each dead batch:
 
 * its still-claimed requests go back to pending (the next claim picks them up again); a crash does not
   count towards quarantine (``release_batch(failed=False)``): it says nothing about the requests;
@@ -138,7 +142,26 @@ def recover_dead_batches(
     queue: RequestQueue, work: Path, audit_root: Path, hasher: KeyedHasher, current: str
 ) -> RecoveryReport:
     report = RecoveryReport()
+    expired = queue.release_expired()  # any host's batch that stopped renewing its lease
+    for batch_id, released in expired.items():
+        audit = BatchAudit(audit_root, hasher, batch_id)
+        completed = _roll_forward(queue, audit)
+        if completed is not None:
+            report.completed[batch_id] = completed
+        abandoned = _abandon_versions(batch_id)
+        report.released[batch_id] = released
+        report.abandoned_versions[batch_id] = abandoned
+        audit.record(
+            "recover",
+            decision="released",
+            reason="the lease on its claims expired: its process died or stopped renewing it, on any host",
+            params={"released_requests": released, "abandoned_versions": abandoned},
+        )
+    # Claims still under a lease (claims made by code older than leases carry none: lock files only).
+    live = {r.batch_id for r in queue.list(Status.CLAIMED) if r.batch_id and r.lease_expires_at is not None}
     for batch_id in sorted(_known_batches(queue, work, current)):
+        if batch_id in live and not (work / f"{batch_id}{_LOCK_SUFFIX}").exists():
+            continue  # claimed under a live lease, but never locked here: it runs on another host
         lock = BatchLock(work, batch_id)
         if not lock.acquire():  # a live batch holds it: leave it alone
             continue
@@ -148,7 +171,7 @@ def recover_dead_batches(
             if completed is not None:
                 report.completed[batch_id] = completed
             released = queue.release_batch(batch_id, failed=False)
-            abandoned = _abandon_versions(batch_id)
+            abandoned = [] if batch_id in expired else _abandon_versions(batch_id)
             if released or abandoned:
                 report.released[batch_id] = released
                 report.abandoned_versions[batch_id] = abandoned

@@ -21,10 +21,11 @@ from mlflow.entities import Metric
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from hamu import StepRecord, UnlearnConfig, UnlearnResult, unlearn
+from hamu import StepRecord, UnlearnResult, unlearn
 from hamu.controller import ForgetTarget, TargetResult, mean_loss, unlearn_to_target
 from hamu.evaluation import compute_per_example
 from hamu.verdict import GatePolicy, forget_loss_target
+from tasks.config import BatchConfig
 from tasks.loaders import batches
 from tasks.models import ServedModel
 
@@ -90,25 +91,11 @@ def run_unlearning(
     champion: ServedModel,
     retain: tuple[Any, Any],
     forget: tuple[Any, Any],
-    config: Any,
+    config: BatchConfig,
     run_id: str,
     target: ForgetTarget | None = None,
 ) -> tuple[UnlearnResult, float]:
-    options: dict[str, Any] = {}
-    if config.method in ("hamu-q", "hamu-u"):
-        options = {
-            "constraint_ratio": config.constraint_ratio,
-            "stop_on_degradation": config.stop_on_degradation,
-        }
-    cfg = UnlearnConfig(
-        method=config.method,
-        lr=config.lr,
-        max_steps=config.max_steps,
-        max_grad_norm=config.max_grad_norm,
-        seed=config.seed,
-        device="auto",
-        method_options=options,
-    )
+    cfg = config.unlearn_config()
     logger = MlflowStepLogger(run_id)
     start = time.perf_counter()
     model = copy.deepcopy(champion.model)

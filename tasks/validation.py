@@ -1,4 +1,4 @@
-"""Validate a deletion batch and the training manifest with Great Expectations suites kept as JSON.
+"""Validate a deletion batch with a Great Expectations suite kept as JSON.
 
 Every request gets a verdict, computed in pandas, in this precedence:
 
@@ -48,7 +48,6 @@ from hamu.requests import (
 #: Where the suites live unless a caller says otherwise (the repository's ``expectations/``).
 EXPECTATIONS_DIR = Path(__file__).resolve().parent.parent / "expectations"
 REQUEST_SUITE = "deletion_request"
-MANIFEST_SUITE = "training_manifest"
 #: Counts and percentages only: a result kept as an artifact must not carry raw record IDs.
 RESULT_FORMAT: dict[str, Any] = {"result_format": "SUMMARY", "partial_unexpected_count": 0}
 VERDICT_COLUMNS = ("request_id", "record_id", "verdict", "reason")
@@ -282,7 +281,7 @@ def compute_verdicts(
     received, received_ok = _parse_received(df["received_at"])
 
     malformed_why = _malformed_reasons(request_ids, record_ids, reasons, df["received_at"], received_ok)
-    malformed = np.not_equal(malformed_why, None)
+    malformed = np.fromiter((why is not None for why in malformed_why), dtype=bool, count=n)
     erased = _membership(record_ids, set(erased_ids))
     in_manifest = _membership(record_ids, manifest_ids)
 
@@ -362,11 +361,6 @@ def validate_requests(
     spec = load_suite_spec(REQUEST_SUITE, suites_dir=suites_dir)
     verdicts, frame = compute_verdicts(requests_df, manifest_ids, erased_ids)
     return ValidationOutcome(verdicts=verdicts, suite=run_suite(spec, frame))
-
-
-def validate_manifest(manifest_df: pd.DataFrame, *, suites_dir: Path | None = None) -> SuiteRun:
-    """Run the ``training_manifest`` suite: unique, well-formed record IDs; labels; 64-hex digests."""
-    return run_suite(load_suite_spec(MANIFEST_SUITE, suites_dir=suites_dir), manifest_df)
 
 
 validate_requests_task = task(name="validate-requests", cache_policy=NO_CACHE)(validate_requests)

@@ -1,6 +1,10 @@
 """Shared fixtures for the core-library tests: a numerical oracle for the HAMU block problem, and a
 single-threaded torch for the tiny tensors these tests use.
 
+``postgres_url`` is a fresh PostgreSQL database for the queue tests: on a throwaway server that this
+session starts (``pg_server.py`` beside this file), or the database named by ``HAMU_TEST_POSTGRES_URL``
+(its queue table is dropped before and after each test). Without either, those tests skip and say why.
+
 The oracle knows nothing about HAMU's closed form. It solves, in float64 with scipy's SLSQP,
 
     minimise  o·x   subject to   c·x ≥ B,   ‖x‖ ≤ R
@@ -11,10 +15,12 @@ c·x over the ball.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
+import pg_server as pg
 import pytest
 import torch
 from scipy.optimize import minimize
@@ -119,3 +125,36 @@ def digits_data() -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
     x = torch.tensor(data.data / 16.0, dtype=torch.float32)
     y = torch.tensor(data.target)
     return x, y, np.random.default_rng(0).permutation(len(y))
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[pg.PostgresServer]:
+    """One throwaway PostgreSQL server for the session (per xdist worker), stopped and deleted after."""
+    why = pg.unavailable()
+    if why is not None:
+        pytest.skip(why)
+    server = pg.PostgresServer()
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def postgres_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A SQLAlchemy URL of an empty PostgreSQL database: ``HAMU_TEST_POSTGRES_URL``, else a new database."""
+    url = os.environ.get("HAMU_TEST_POSTGRES_URL")
+    if not url:
+        server: pg.PostgresServer = request.getfixturevalue("postgres_server")
+        yield server.create_database()
+        return
+    pytest.importorskip("psycopg", reason="HAMU_TEST_POSTGRES_URL is set, but the psycopg driver is missing")
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("DROP TABLE IF EXISTS deletion_requests"))
+    yield url
+    with engine.begin() as conn:
+        conn.execute(text("DROP TABLE IF EXISTS deletion_requests"))
+    engine.dispose()

@@ -238,3 +238,41 @@ def test_failure_text_is_cut_without_leaving_part_of_an_id() -> None:
     out = redact_failure_text(text, [rid], KeyedHasher(KEY))
     assert "digits" not in out
     assert out.endswith("characters cut]")
+
+
+def test_prefect_run_log_lines_carry_no_raw_id_while_the_batch_runs() -> None:
+    """Prefect's engine logs a failing task's exception on ``prefect.task_runs`` before the flow sees it;
+    every handler (Prefect's API handler included) must get the redacted line and traceback."""
+    import logging
+
+    from tasks.failure import RUN_LOGGERS, redacted_run_logs
+
+    hasher = KeyedHasher(b"k" * 32)
+    raw = "digits-train-000007"
+    seen: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(self.format(record))
+
+    handler = Keep()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    for name in RUN_LOGGERS:
+        logger = logging.getLogger(name)
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+    try:
+        with redacted_run_logs({raw}, hasher):
+            for name in RUN_LOGGERS:
+                try:
+                    raise KeyError(f"no row for {raw}")
+                except KeyError:
+                    logging.getLogger(name).exception("Task run failed with exception: %r", KeyError(raw))
+        logging.getLogger(RUN_LOGGERS[1]).info("after the batch: %s", raw)  # filter removed again
+    finally:
+        for name in RUN_LOGGERS:
+            logging.getLogger(name).removeHandler(handler)
+    assert len(seen) == 3
+    assert all(raw not in line for line in seen[:2]), seen
+    assert all(hasher.hex(raw)[:16] in line for line in seen[:2])
+    assert raw in seen[2]

@@ -342,24 +342,6 @@ def test_the_postgresql_claim_picks_its_rows_once() -> None:
     assert "MATERIALIZED" not in str(stmt.compile(dialect=sqlite.dialect()))
 
 
-@pytest.fixture
-def postgres_url() -> Iterator[str]:
-    """A throwaway PostgreSQL database named by ``HAMU_TEST_POSTGRES_URL``; its queue table is dropped."""
-    from sqlalchemy import create_engine, text
-
-    url = os.environ.get("HAMU_TEST_POSTGRES_URL")
-    if not url:
-        pytest.skip("set HAMU_TEST_POSTGRES_URL to a throwaway PostgreSQL database")
-    pytest.importorskip("psycopg")
-    engine = create_engine(url)
-    with engine.begin() as conn:
-        conn.execute(text("DROP TABLE IF EXISTS deletion_requests"))
-    yield url
-    with engine.begin() as conn:
-        conn.execute(text("DROP TABLE IF EXISTS deletion_requests"))
-    engine.dispose()
-
-
 def test_postgresql_table_before_quarantine_is_migrated_and_quarantines(
     postgres_url: str, tmp_path: Path
 ) -> None:

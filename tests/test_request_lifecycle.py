@@ -1,8 +1,8 @@
 """``unlearned`` versus ``erased``: a batch close only makes a candidate, a promotion serves the erasure.
 
 Real SQLite queues; the clock is injected (never slept on) to age requests past the promotion deadline.
-The CLI is driven through typer's runner on a temporary ``HAMU_HOME``. Set ``HAMU_TEST_POSTGRES_URL``
-(a throwaway database; its ``deletion_requests`` table is dropped) to run the PostgreSQL case too.
+The CLI is driven through typer's runner on a temporary ``HAMU_HOME``. The PostgreSQL case runs on the
+throwaway server of ``tests/conftest.py`` (or on ``HAMU_TEST_POSTGRES_URL``), and skips where neither exists.
 """
 
 from __future__ import annotations
@@ -322,22 +322,6 @@ def test_sqlite_table_from_older_code_is_widened_and_keeps_every_row(tmp_path: P
             db.execute("UPDATE deletion_requests SET status = 'bogus' WHERE id = 12")
     RequestQueue(f"sqlite:///{path}").close()  # a second open finds nothing to do
     assert _sqlite_schema(path) == schema
-
-
-@pytest.fixture
-def postgres_url() -> Iterator[str]:
-    """A throwaway PostgreSQL database named by ``HAMU_TEST_POSTGRES_URL``; its queue table is dropped."""
-    url = os.environ.get("HAMU_TEST_POSTGRES_URL")
-    if not url:
-        pytest.skip("set HAMU_TEST_POSTGRES_URL to a throwaway PostgreSQL database")
-    pytest.importorskip("psycopg")
-    engine = create_engine(url)
-    with engine.begin() as conn:
-        conn.execute(text("DROP TABLE IF EXISTS deletion_requests"))
-    yield url
-    with engine.begin() as conn:
-        conn.execute(text("DROP TABLE IF EXISTS deletion_requests"))
-    engine.dispose()
 
 
 def test_postgresql_table_from_older_code_is_widened(postgres_url: str, tmp_path: Path, clock: Clock) -> None:

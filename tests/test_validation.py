@@ -1,4 +1,4 @@
-"""Validation of deletion batches and the training manifest, with the real GX suites from expectations/."""
+"""Validation of deletion batches, with the real GX suite from expectations/."""
 
 from __future__ import annotations
 
@@ -24,7 +24,6 @@ from tasks.validation import (
     build_suite,
     load_suite_spec,
     requests_frame,
-    validate_manifest,
     validate_requests,
 )
 
@@ -214,8 +213,7 @@ def test_missing_columns_are_a_caller_error() -> None:
 
 
 def test_suites_are_loaded_from_json_at_run_time(tmp_path: Path) -> None:
-    for name in ("deletion_request", "training_manifest"):
-        shutil.copy(EXPECTATIONS_DIR / f"{name}.json", tmp_path / f"{name}.json")
+    shutil.copy(EXPECTATIONS_DIR / "deletion_request.json", tmp_path / "deletion_request.json")
     doc = json.loads((tmp_path / "deletion_request.json").read_text())
     for exp in doc["expectations"]:
         if exp["type"] == "expect_table_row_count_to_be_between":
@@ -241,58 +239,19 @@ def test_broken_suite_file_is_refused(tmp_path: Path) -> None:
 
 
 def test_suite_files_repeat_the_library_patterns() -> None:
-    """The JSON suites and hamu.requests must agree, or GX and the verdicts would disagree."""
-    for name in ("deletion_request", "training_manifest"):
-        spec = load_suite_spec(name)
-        regexes = {
-            e["kwargs"]["column"]: e["kwargs"]["regex"]
-            for e in spec.expectations
-            if e["type"] == "expect_column_values_to_match_regex"
-        }
-        assert regexes["record_id"] == RECORD_ID_PATTERN
-        assert spec.version == "1"
-        assert len(build_suite(spec).expectations) == len(spec.expectations)
+    """The JSON suite and hamu.requests must agree, or GX and the verdicts would disagree."""
     request_spec = load_suite_spec("deletion_request")
+    regexes = {
+        e["kwargs"]["column"]: e["kwargs"]["regex"]
+        for e in request_spec.expectations
+        if e["type"] == "expect_column_values_to_match_regex"
+    }
+    assert regexes["record_id"] == RECORD_ID_PATTERN
+    assert request_spec.version == "1"
+    assert len(build_suite(request_spec).expectations) == len(request_spec.expectations)
     kwargs = {(e["type"], e["kwargs"].get("column")): e["kwargs"] for e in request_spec.expectations}
     assert kwargs[("expect_column_values_to_match_regex", "request_id")]["regex"] == REQUEST_ID_PATTERN
     assert kwargs[("expect_column_values_to_be_in_set", "reason")]["value_set"] == [r.value for r in Reason]
-
-
-def manifest_frame(n: int = 50) -> pd.DataFrame:
-    """A valid training manifest of ``n`` records."""
-    return pd.DataFrame(
-        {
-            "record_id": [f"rec-{i}" for i in range(n)],
-            "label": [i % 10 for i in range(n)],
-            "digest": [f"{i:064x}" for i in range(n)],
-            "split": ["train"] * n,
-        }
-    )
-
-
-def test_manifest_suite_passes_on_a_good_manifest() -> None:
-    run = validate_manifest(manifest_frame())
-    assert run.success is True
-    assert run.suite_name == "training_manifest"
-    assert run.result["statistics"]["unsuccessful_expectations"] == 0
-
-
-def test_manifest_suite_catches_each_defect() -> None:
-    bad = manifest_frame()
-    bad.loc[3, "record_id"] = "rec-2"  # repeated
-    bad.loc[4, "record_id"] = "Rec-4"  # bad pattern
-    bad.loc[5, "label"] = None
-    bad.loc[6, "digest"] = "XYZ"
-    run = validate_manifest(bad)
-    assert run.success is False
-    assert set(run.failed_expectations()) == {
-        "expect_column_values_to_be_unique(record_id)",
-        "expect_column_values_to_match_regex(record_id)",
-        "expect_column_values_to_not_be_null(label)",
-        "expect_column_values_to_match_regex(digest)",
-    }
-    missing = validate_manifest(manifest_frame().drop(columns=["digest"]))
-    assert "expect_table_columns_to_match_set" in missing.failed_expectations()
 
 
 def test_queue_to_verdicts_round_trip(tmp_path: Path) -> None:

@@ -140,8 +140,3 @@ def bootstrap_roc(
     estimates = {"auc": point.auc[0], "balanced_accuracy": point.balanced_accuracy[0]}
     estimates.update({tpr_key(a): v[0] for a, v in point.tpr_at_fpr.items()})
     return {k: percentile_interval(float(estimates[k]), reps[k], level) for k in reps}
-
-
-def paired_gap(candidate: np.ndarray, reference: np.ndarray, estimate: float, level: float) -> Interval:
-    """Interval of M_candidate − M_reference from replicates computed on the same resamples."""
-    return percentile_interval(estimate, np.asarray(candidate) - np.asarray(reference), level)

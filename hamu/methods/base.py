@@ -3,6 +3,14 @@
 Every method here is *paired-gradient* shaped: per step the unlearner computes (at most) one clipped gradient
 of a retain objective and one of a forget objective, then the method turns them into an *equivalent
 gradient* G such that the base optimizer's step ``w ← w − η·G`` is the method's update.
+
+Beyond :class:`UpdateRule`'s members, a method may carry what the loop needs from it, so the loop never asks
+which method it runs (read them with :func:`objective_weights` and :func:`stops_on_degradation`):
+
+* ``objective_weights``: (α, γ) of its ``scrub`` objective α·KL + γ·task (default SCRUB's, see
+  :data:`SCRUB_ALPHA` and :data:`SCRUB_GAMMA`);
+* ``stops_on_degradation``: whether the run stops, without applying the step, on a step whose
+  ``RuleOutput.degradation`` is set (default False).
 """
 
 from __future__ import annotations
@@ -17,6 +25,10 @@ from hamu.core.layout import FlatLayout
 #: ``task``: the user's loss (cross-entropy); ``kl``: KL(p_original ‖ p_θ) on the batch;
 #: ``scrub``: α·KL + γ·task on the retain batch (SCRUB's retain objective).
 Objective = Literal["task", "kl", "scrub"]
+
+#: SCRUB's weights of its retain objective α·KL + γ·task.
+SCRUB_ALPHA = 0.001
+SCRUB_GAMMA = 0.99
 
 
 @dataclass(frozen=True)
@@ -49,3 +61,14 @@ class UpdateRule(Protocol):
         *,
         lr: float,
     ) -> RuleOutput: ...
+
+
+def objective_weights(rule: UpdateRule) -> tuple[float, float]:
+    """(α, γ) of ``rule``'s ``scrub`` objective: its ``objective_weights``, else SCRUB's defaults."""
+    alpha, gamma = getattr(rule, "objective_weights", (SCRUB_ALPHA, SCRUB_GAMMA))
+    return float(alpha), float(gamma)
+
+
+def stops_on_degradation(rule: UpdateRule) -> bool:
+    """Whether a step with its degradation flag set ends the run: ``rule.stops_on_degradation`` or False."""
+    return bool(getattr(rule, "stops_on_degradation", False))

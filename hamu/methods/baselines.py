@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 
 from hamu.core.layout import FlatLayout
-from hamu.methods.base import Objective, RuleOutput
+from hamu.methods.base import SCRUB_ALPHA, SCRUB_GAMMA, Objective, RuleOutput
 
 
 def _require(name: str, **grads: torch.Tensor | None) -> dict[str, torch.Tensor]:
@@ -157,7 +157,12 @@ class Scrub(WeightedDifference):
     """SCRUB run simultaneously: retain objective α·KL_r + γ·CE_r, forget objective KL_f (ascended)."""
 
     name: str = "scrub"
-    alpha: float = 0.001
-    gamma: float = 0.99
+    alpha: float = SCRUB_ALPHA
+    gamma: float = SCRUB_GAMMA
     retain_objective: Objective | None = "scrub"
     forget_objective: Objective | None = "kl"
+
+    @property
+    def objective_weights(self) -> tuple[float, float]:
+        """(α, γ) of the retain objective α·KL + γ·CE."""
+        return self.alpha, self.gamma

@@ -22,6 +22,11 @@ class HamuRule:
     def name(self) -> str:
         return self.config.variant
 
+    @property
+    def stops_on_degradation(self) -> bool:
+        """The sign-correct stopping rule, when the config asks for it."""
+        return self.config.stop_on_degradation
+
     def __call__(
         self,
         retain: torch.Tensor | None,

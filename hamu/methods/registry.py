@@ -6,7 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from hamu.core.transform import HamuConfig
-from hamu.methods.base import UpdateRule
+from hamu.methods.base import SCRUB_ALPHA, SCRUB_GAMMA, UpdateRule
 from hamu.methods.baselines import (
     FineTune,
     GradientAscent,
@@ -17,6 +17,9 @@ from hamu.methods.baselines import (
 )
 from hamu.methods.hamu_rule import HamuRule
 
+#: The methods whose steps HAMU's geometry describes (options: HamuConfig's fields).
+HAMU_METHODS: tuple[str, ...] = ("hamu-q", "hamu-u")
+
 
 def _hamu(variant: str) -> Callable[..., UpdateRule]:
     def build(**options: Any) -> UpdateRule:
@@ -26,14 +29,13 @@ def _hamu(variant: str) -> Callable[..., UpdateRule]:
 
 
 METHODS: dict[str, Callable[..., UpdateRule]] = {
-    "hamu-q": _hamu("hamu-q"),
-    "hamu-u": _hamu("hamu-u"),
+    **{variant: _hamu(variant) for variant in HAMU_METHODS},
     "ft": lambda: FineTune(),
     "ga": lambda: GradientAscent(),
     "gdiff": lambda: WeightedDifference(name="gdiff"),
     "neggrad+": lambda retain_weight=0.75: WeightedDifference(name="neggrad+", retain_weight=retain_weight),
     "kl": lambda: WeightedDifference(name="kl", retain_objective="kl"),
-    "scrub": lambda alpha=0.001, gamma=0.99: Scrub(alpha=alpha, gamma=gamma),
+    "scrub": lambda alpha=SCRUB_ALPHA, gamma=SCRUB_GAMMA: Scrub(alpha=alpha, gamma=gamma),
     "gru": lambda: GradientRectified(),
     "pcgrad": lambda: PCGrad(),
 }

@@ -6,6 +6,7 @@ described in ``docs/requests.md``.
 """
 
 from hamu.requests.errors import (
+    LeaseLostError,
     LineProblem,
     QueueBusyError,
     QueueStateError,
@@ -16,6 +17,7 @@ from hamu.requests.intake import DEFAULT_MAX_BYTES, MAX_CLOCK_SKEW
 from hamu.requests.queue import RequestQueue, SubmitResult, default_queue_url
 from hamu.requests.schema import (
     BATCH_ID_PATTERN,
+    DEFAULT_LEASE,
     DEFAULT_MAX_REQUESTS,
     DEFAULT_PROMOTION_DEADLINE,
     DEFAULT_QUARANTINE_AFTER,
@@ -35,6 +37,7 @@ from hamu.requests.schema import (
 
 __all__ = [
     "BATCH_ID_PATTERN",
+    "DEFAULT_LEASE",
     "DEFAULT_MAX_BYTES",
     "DEFAULT_MAX_REQUESTS",
     "DEFAULT_PROMOTION_DEADLINE",
@@ -44,6 +47,7 @@ __all__ = [
     "RECORD_ID_PATTERN",
     "REQUEST_ID_PATTERN",
     "REQUIRED_COLUMNS",
+    "LeaseLostError",
     "LineProblem",
     "QueueBusyError",
     "QueueStateError",

@@ -76,5 +76,13 @@ class QueueStateError(RequestQueueError):
     """A state change was asked for requests that are not in the state it needs (nothing was changed)."""
 
 
+class LeaseLostError(QueueStateError):
+    """A batch no longer owns its claims: their lease expired, or they were released or claimed again.
+
+    Raised by a heartbeat and by a close; the close changed nothing, and the batch must stop (another run
+    will handle, or already handles, the requests).
+    """
+
+
 class QueueBusyError(RequestQueueError):
     """The queue's database stayed locked by another writer for longer than the busy timeout."""

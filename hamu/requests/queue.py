@@ -5,10 +5,18 @@ States and who moves them::
     submit_file ──► pending ──claim_batch──► claimed ──mark_unlearned──► unlearned ──mark_served──► erased
                      ▲ ▲                      │ │ │    (batch close: a      (promotion: the served
                      │ └───release_batch──────┘ │ │    candidate lacks it)   model lacks it)
+                     │   (or release_expired)   │ │
                      │                          │ └──mark_rejected──► rejected
                      │                          └──quarantine, or release_batch after
                      │                             quarantine_after failed batches──► quarantined
                      └──────────────────────────requeue (an operator, once the cause is fixed)──┘
+
+A claim carries a lease (``lease_expires_at``, :data:`~hamu.requests.schema.DEFAULT_LEASE` from the claim
+unless told): the batch renews it with :meth:`RequestQueue.heartbeat` while it runs, and
+:meth:`RequestQueue.release_expired` puts the claims of a batch that stopped renewing back to pending, on
+whichever host it ran. An expired lease is final: it cannot be renewed, and the batch can no longer close
+its requests, because every close re-checks ownership (batch, claim token, unexpired lease) in the
+``WHERE`` of its own ``UPDATE``.
 
 ``overdue`` is derived, not stored: an ``unlearned`` request that has waited longer than a deadline for a
 promotion (:meth:`RequestQueue.list_overdue`).
@@ -50,6 +58,7 @@ from sqlalchemy import (
     func,
     insert,
     inspect,
+    or_,
     select,
     update,
 )
@@ -57,10 +66,17 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.schema import Column, CreateColumn
 
-from hamu.requests.errors import LineProblem, QueueBusyError, QueueStateError, RequestFileError
+from hamu.requests.errors import (
+    LeaseLostError,
+    LineProblem,
+    QueueBusyError,
+    QueueStateError,
+    RequestFileError,
+)
 from hamu.requests.intake import DEFAULT_MAX_BYTES, FileFormat, load_request_file, parse_requests
 from hamu.requests.schema import (
     BATCH_ID_PATTERN,
+    DEFAULT_LEASE,
     DEFAULT_MAX_REQUESTS,
     DEFAULT_PROMOTION_DEADLINE,
     DEFAULT_QUARANTINE_AFTER,
@@ -197,7 +213,9 @@ def _listed(items: Sequence[str]) -> str:
     return shown + (f" and {len(items) - _MAX_LISTED} more" if len(items) > _MAX_LISTED else "")
 
 
-def _claim_statement(batch_id: str, token: str, now: datetime, limit: int | None) -> Update:
+def _claim_statement(
+    batch_id: str, token: str, now: datetime, limit: int | None, lease_expires_at: datetime | None = None
+) -> Update:
     """``WITH picked AS (oldest pending, locked) UPDATE … SET status='claimed' WHERE id IN picked, pending``.
 
     The pick's ``FOR UPDATE SKIP LOCKED`` makes concurrent PostgreSQL claimers take disjoint rows without
@@ -223,6 +241,7 @@ def _claim_statement(batch_id: str, token: str, now: datetime, limit: int | None
             batch_id=batch_id,
             claim_token=token,
             claimed_at=now,
+            lease_expires_at=lease_expires_at,
             updated_at=now,
             verdict=None,
             verdict_reason=None,
@@ -247,6 +266,7 @@ class RequestQueue:
         busy_timeout_s: float = 30.0,
         clock: Callable[[], datetime] = _utcnow,
         quarantine_after: int = DEFAULT_QUARANTINE_AFTER,
+        lease: timedelta = DEFAULT_LEASE,
         echo: bool = False,
     ) -> None:
         """Open (and create if needed) the queue at ``url``.
@@ -255,11 +275,19 @@ class RequestQueue:
         ``clock`` must return timezone-aware datetimes (tests inject one to age claims);
         ``quarantine_after`` is the number of failed batches after which a request is quarantined rather
         than released (the default 3: released after the first two, quarantined by the third; see
-        :meth:`release_batch`).
+        :meth:`release_batch`); ``lease`` is how long a claim or a heartbeat keeps a batch's claims
+        (:data:`~hamu.requests.schema.DEFAULT_LEASE`; see :meth:`heartbeat`).
         """
         if type(quarantine_after) is not int or quarantine_after < 1:
             raise ValueError(f"quarantine_after must be a positive integer, got {quarantine_after!r}")
+        if not isinstance(lease, timedelta) or lease <= timedelta(0):
+            raise ValueError(f"lease must be a positive timedelta, got {lease!r}")
         self._quarantine_after = quarantine_after
+        self._lease = lease
+        # The claim tokens this object took, per batch: a batch's own heartbeat, close, quarantine and
+        # release then act on its own claims only, never on a later claim made under the same batch ID.
+        # Replaced, never mutated, so the heartbeat thread always reads a consistent set.
+        self._tokens: dict[str, frozenset[str]] = {}
         self._clock = clock
         parsed = make_url(url)
         self._sqlite = parsed.get_backend_name() == "sqlite"
@@ -316,6 +344,11 @@ class RequestQueue:
         def _on_begin(conn: Connection) -> None:
             write = conn.get_execution_options().get("hamu_write", False)
             conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+    @property
+    def lease(self) -> timedelta:
+        """How long a claim, or its last heartbeat, keeps a batch's requests."""
+        return self._lease
 
     @property
     def url(self) -> str:
@@ -440,13 +473,105 @@ class RequestQueue:
         if limit is not None and (not isinstance(limit, int) or limit < 1):
             raise ValueError(f"limit must be a positive integer or None, got {limit!r}")
         token = uuid.uuid4().hex
-        stmt = _claim_statement(batch_id, token, self._now(), limit)
+        now = self._now()
+        stmt = _claim_statement(batch_id, token, now, limit, now + self._lease)
         with self._transaction(write=True) as conn:
             conn.execute(stmt)
             claimed = conn.execute(
                 select(_T).where(_T.c.claim_token == token).order_by(_T.c.received_at, _T.c.id)
             ).all()
+        if claimed:
+            self._tokens[batch_id] = self._tokens.get(batch_id, frozenset()) | {token}
         return [Request.from_row(r) for r in claimed]
+
+    def _own(self, batch_id: str) -> tuple[Any, ...]:
+        """WHERE terms for rows of ``batch_id`` this object claimed (its tokens), or the batch's rows at all.
+
+        A queue object that never claimed for the batch (recovery, an operator's tool) acts on the batch.
+        """
+        tokens = self._tokens.get(batch_id)
+        held = (_T.c.status == Status.CLAIMED.value, _T.c.batch_id == batch_id)
+        return (*held, _T.c.claim_token.in_(sorted(tokens))) if tokens else held
+
+    def heartbeat(self, batch_id: str, token: str | None = None) -> datetime | None:
+        """Extend the lease of the batch's claims to ``now + lease``; return the new expiry.
+
+        ``token`` is the claim's token (:attr:`Request.claim_token`); ``None`` means the tokens this object's
+        :meth:`claim_batch` took for the batch. Returns ``None`` when the claim is over because the batch
+        closed or quarantined every request it took (nothing left to hold). Raises
+        :class:`LeaseLostError` when the batch no longer owns its claims: the lease expired (an expired
+        lease is never renewed: recovery may already be releasing it), or the requests were released
+        (by recovery, or by the batch itself) and perhaps claimed again by another batch.
+        """
+        _check_batch_id(batch_id)
+        if token is not None:
+            tokens: frozenset[str] = frozenset({token})
+        else:
+            tokens = self._tokens.get(batch_id, frozenset())
+            if not tokens:
+                raise ValueError(f"this queue claimed nothing for batch {batch_id!r}: pass the claim token")
+        now = self._now()
+        expires = now + self._lease
+        ours = (_T.c.batch_id == batch_id, _T.c.claim_token.in_(sorted(tokens)))
+        with self._transaction(write=True) as conn:
+            renewed = conn.execute(
+                update(_T)
+                .where(*ours, _T.c.status == Status.CLAIMED.value, _T.c.lease_expires_at > now)
+                .values(lease_expires_at=expires)
+            ).rowcount
+            if renewed:
+                return expires
+            expired = conn.scalar(
+                select(func.max(_T.c.lease_expires_at)).where(*ours, _T.c.status == Status.CLAIMED.value)
+            )
+            if expired is not None:
+                raise LeaseLostError(
+                    f"batch {batch_id!r}: its lease expired at {expired.isoformat()} (now {now.isoformat()});"
+                    " an expired lease is not renewed, the claims will be released"
+                )
+            if conn.scalar(select(func.count()).where(*ours)):
+                return None  # every request it took is closed or quarantined: nothing to hold any more
+        raise LeaseLostError(
+            f"batch {batch_id!r} holds no claims under its token: they were released (lease expired, or"
+            " recovery) and may have been claimed again"
+        )
+
+    def release_expired(self, *, now: datetime | None = None) -> dict[str, int]:
+        """Put every claim whose lease expired back to pending, in one transaction; return counts per batch.
+
+        What recovery calls for batches it cannot see: one that died on another host (or pod) leaves no
+        lock file here, only its lease in the database. Like a crash (``release_batch(failed=False)``) this
+        does not count towards quarantine, and verdicts are cleared. ``now`` defaults to the queue's clock.
+        Claims without a lease (made by code older than leases) are left to the lock-file recovery.
+        """
+        now = self._now() if now is None else now.astimezone(UTC)
+        lapsed = (
+            _T.c.status == Status.CLAIMED.value,
+            _T.c.lease_expires_at.is_not(None),
+            _T.c.lease_expires_at <= now,
+        )
+        released: dict[str, int] = {}
+        with self._transaction(write=True) as conn:
+            # Read (and on PostgreSQL lock) first: RETURNING would give the batch ID after the release, None.
+            rows = conn.execute(select(_T.c.id, _T.c.batch_id).where(*lapsed).with_for_update()).all()
+            for part in _chunks([row.id for row in rows]):
+                conn.execute(
+                    update(_T)
+                    .where(_T.c.id.in_(part), *lapsed)
+                    .values(
+                        status=Status.PENDING.value,
+                        batch_id=None,
+                        claim_token=None,
+                        claimed_at=None,
+                        lease_expires_at=None,
+                        verdict=None,
+                        verdict_reason=None,
+                        updated_at=now,
+                    )
+                )
+            for row in rows:
+                released[row.batch_id] = released.get(row.batch_id, 0) + 1
+        return dict(sorted(released.items()))
 
     def release_batch(self, batch_id: str, *, failed: bool = True) -> int:
         """Put a batch's still-claimed requests back to pending (verdicts cleared); return how many went back.
@@ -461,7 +586,7 @@ class RequestQueue:
         """
         _check_batch_id(batch_id)
         now = self._now()
-        held = (_T.c.status == Status.CLAIMED.value, _T.c.batch_id == batch_id)
+        held = self._own(batch_id)
         with self._transaction(write=True) as conn:
             if failed:
                 conn.execute(
@@ -473,6 +598,7 @@ class RequestQueue:
                         quarantine_reason=self._quarantine_reason(batch_id),
                         claim_token=None,
                         claimed_at=None,
+                        lease_expires_at=None,
                         updated_at=now,
                     )
                 )
@@ -485,6 +611,7 @@ class RequestQueue:
                     batch_id=None,
                     claim_token=None,
                     claimed_at=None,
+                    lease_expires_at=None,
                     verdict=None,
                     verdict_reason=None,
                     updated_at=now,
@@ -515,16 +642,13 @@ class RequestQueue:
         ids = list(dict.fromkeys(request_ids))
         stmt = (
             update(_T)
-            .where(
-                _T.c.request_id == bindparam("b_request_id"),
-                _T.c.status == Status.CLAIMED.value,
-                _T.c.batch_id == batch_id,
-            )
+            .where(_T.c.request_id == bindparam("b_request_id"), *self._own(batch_id))
             .values(
                 status=Status.QUARANTINED.value,
                 quarantine_reason=reason,
                 claim_token=None,
                 claimed_at=None,
+                lease_expires_at=None,
                 updated_at=self._now(),
             )
         )
@@ -578,8 +702,13 @@ class RequestQueue:
         request_ids: Sequence[str],
         *,
         allowed: Callable[[Any], str | None],
+        lease_at: datetime | None = None,
     ) -> None:
-        """Raise :class:`QueueStateError` unless every request is claimed by ``batch_id`` and allowed."""
+        """Raise :class:`QueueStateError` unless every request is claimed by ``batch_id`` and allowed.
+
+        With ``lease_at`` (a close), also :class:`LeaseLostError` unless the batch still owns the claims at
+        that time: under this object's claim token (when it claimed them) and with a lease not yet expired.
+        """
         rows = self._rows_by_request_id(conn, request_ids)
         missing = [r for r in request_ids if r not in rows]
         if missing:
@@ -591,9 +720,30 @@ class RequestQueue:
         ]
         if foreign:
             raise QueueStateError(f"not claimed by batch {batch_id!r}: {_listed(foreign)}; nothing changed")
+        if lease_at is not None:
+            self._require_lease(batch_id, [rows[r] for r in request_ids], lease_at)
         refused = [f"{r} ({why})" for r in request_ids if (why := allowed(rows[r])) is not None]
         if refused:
             raise QueueStateError(f"refused for batch {batch_id!r}: {_listed(refused)}; nothing changed")
+
+    def _require_lease(self, batch_id: str, rows: Sequence[Any], now: datetime) -> None:
+        """Raise :class:`LeaseLostError` unless these claimed rows are still the batch's (token, lease)."""
+        tokens = self._tokens.get(batch_id)
+        if tokens:
+            foreign = [r.request_id for r in rows if r.claim_token not in tokens]
+            if foreign:
+                raise LeaseLostError(
+                    f"batch {batch_id!r}: {_listed(foreign)} claimed again under the same batch ID by another"
+                    " run (its claim token differs); nothing changed"
+                )
+        lapsed = [r for r in rows if r.lease_expires_at is not None and r.lease_expires_at <= now]
+        if lapsed:
+            expiry = max(r.lease_expires_at for r in lapsed)
+            raise LeaseLostError(
+                f"batch {batch_id!r}: the lease on {_listed([r.request_id for r in lapsed])} expired at"
+                f" {expiry.isoformat()}"
+                f" (now {now.isoformat()}): the claims are no longer this batch's to close; nothing changed"
+            )
 
     def record_verdicts(self, batch_id: str, verdicts: Mapping[str, tuple[Verdict | str, str]]) -> int:
         """Store each claimed request's validation verdict and its reason (all or nothing).
@@ -627,12 +777,19 @@ class RequestQueue:
         return len(params)
 
     def _close(self, batch_id: str, request_ids: Sequence[str] | None, status: Status, **values: Any) -> int:
-        """Close held requests as unlearned or rejected, in one transaction (``None``: all its rejections)."""
-        stmt = (
-            update(_T)
-            .where(_T.c.request_id == bindparam("b_request_id"))
-            .values(status=status.value, updated_at=self._now(), **values)
-        )
+        """Close held requests as unlearned or rejected, in one transaction (``None``: all its rejections).
+
+        Ownership is checked twice: first by reading the rows (for an error that names them), then again
+        by the ``UPDATE`` itself, whose ``WHERE`` repeats it: claimed by this batch, under this object's
+        claim token when it has one, lease not expired (a claim older than leases has none). A release or
+        re-claim that commits in between (PostgreSQL re-evaluates the ``WHERE`` on the newest row version)
+        leaves the close changing fewer rows; it then raises :class:`LeaseLostError` and the whole
+        transaction rolls back.
+        """
+        now = self._now()
+        # A claim without a lease was made by code older than leases (before the column existed): it is
+        # owned by its batch ID alone, as it was then, and only the lock-file recovery releases it.
+        owned = (*self._own(batch_id), or_(_T.c.lease_expires_at.is_(None), _T.c.lease_expires_at > now))
         if status is Status.UNLEARNED:
 
             def allowed(row: Any) -> str | None:
@@ -659,9 +816,20 @@ class RequestQueue:
                         )
                     )
                 )
-            self._require_held(conn, batch_id, request_ids, allowed=allowed)
-            if request_ids:
-                conn.execute(stmt, [{"b_request_id": r} for r in request_ids])
+            self._require_held(conn, batch_id, request_ids, allowed=allowed, lease_at=now)
+            closed = 0
+            for part in _chunks(request_ids):
+                stmt = (
+                    update(_T)
+                    .where(_T.c.request_id.in_(part), *owned)
+                    .values(status=status.value, updated_at=now, lease_expires_at=None, **values)
+                )
+                closed += conn.execute(stmt).rowcount
+            if closed != len(request_ids):
+                raise LeaseLostError(
+                    f"batch {batch_id!r} lost {len(request_ids) - closed} of {len(request_ids)} claim(s)"
+                    " while closing them (lease expired, or released and claimed again); nothing changed"
+                )
         return len(request_ids)
 
     def mark_unlearned(self, batch_id: str, request_ids: Iterable[str], model_version: str) -> int:

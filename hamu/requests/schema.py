@@ -102,6 +102,14 @@ DEFAULT_MAX_REQUESTS = 10_000
 DEFAULT_QUARANTINE_AFTER = 3
 
 
+#: How long a claim stays valid without a heartbeat (:meth:`~hamu.requests.RequestQueue.heartbeat`). A
+#: running batch renews it every third of that (5 minutes), so two missed heartbeats in a row (a database
+#: failover, a stalled NFS mount, a long GC pause) are survived; a batch whose host died is recovered by the
+#: next run that starts 15 minutes or more later, which at a nightly cadence is every run. Shorter leases buy
+#: nothing at that cadence and only add writes; much longer ones let a dead pod hold its requests past the
+#: following night's run.
+DEFAULT_LEASE = timedelta(minutes=15)
+
 #: How long an ``unlearned`` request may wait for a promotion before it is reported ``overdue``.
 DEFAULT_PROMOTION_DEADLINE = timedelta(days=30)
 #: The environment variable (in days, may be fractional) that overrides :data:`DEFAULT_PROMOTION_DEADLINE`.
@@ -198,6 +206,9 @@ requests_table = Table(
     # Failed batches (an exception, not a crash) that released this request; see ``release_batch``.
     Column("failures", Integer, nullable=False, default=0, server_default=text("0")),
     Column("quarantine_reason", Text, nullable=True),
+    # When a claim lapses unless its batch heartbeats; NULL for unclaimed rows (and claims made by code
+    # older than leases). See ``RequestQueue.heartbeat`` and ``RequestQueue.release_expired``.
+    Column("lease_expires_at", UTCDateTime, nullable=True),
     CheckConstraint(_in("reason", Reason), name="ck_deletion_requests_reason"),
     CheckConstraint(_in("status", Status), name="ck_deletion_requests_status"),
     CheckConstraint(f"verdict IS NULL OR {_in('verdict', Verdict)}", name="ck_deletion_requests_verdict"),
@@ -212,7 +223,9 @@ class Request:
     ``received_at`` is when the requester filed it (from the submitted file); ``submitted_at`` is when it
     entered this queue; ``source_sha256`` is the digest of the file it came from, for lineage.
     ``failures`` counts the failed batches that released it, and ``quarantine_reason`` says why a
-    ``quarantined`` request was taken out of the queue (``None`` otherwise).
+    ``quarantined`` request was taken out of the queue (``None`` otherwise). A ``claimed`` request carries
+    its claim's ``claim_token`` (what :meth:`~hamu.requests.RequestQueue.heartbeat` takes) and
+    ``lease_expires_at``, after which recovery may release it.
     """
 
     request_id: str
@@ -230,6 +243,8 @@ class Request:
     model_version: str | None
     failures: int = 0
     quarantine_reason: str | None = None
+    claim_token: str | None = None
+    lease_expires_at: datetime | None = None
 
     @property
     def unlearned_at(self) -> datetime | None:
@@ -270,4 +285,6 @@ class Request:
             model_version=m["model_version"],
             failures=m["failures"],
             quarantine_reason=m["quarantine_reason"],
+            claim_token=m["claim_token"],
+            lease_expires_at=m["lease_expires_at"],
         )

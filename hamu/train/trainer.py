@@ -31,6 +31,7 @@ from hamu.data.digest import dataset_digest
 from hamu.data.spec import DatasetSpec, spec_of
 from hamu.data.splits import Split
 from hamu.data.tensors import Featurizer, TextFeaturizer, featurizer_for, featurizer_from_config, to_tensors
+from hamu.device import resolve_device
 from hamu.models.checkpoint import save_checkpoint
 from hamu.models.registry import MODELS, build_model
 from hamu.train.recipe import Preset, Recipe, get_preset
@@ -67,12 +68,6 @@ class TrainedPair:
             "original": self.original.save(base / "original.safetensors"),
             "reference": self.reference.save(base / "reference.safetensors"),
         }
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def featurizer_from_metadata(metadata: Mapping[str, Any]) -> Featurizer:

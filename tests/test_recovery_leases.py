@@ -1,0 +1,70 @@
+"""Recovery across hosts: a batch running on another host (or a pod with its own ``work/``) leaves no lock
+file here, so only its lease in the queue says whether it is alive. Live: left alone. Expired: released (not
+as a failure), its versions abandoned, and the release recorded in the ledger.
+
+Real queue (SQLite), MLflow store (SQLite) and ledger; the queue's clock is injected, nothing sleeps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from hamu.audit import KeyedHasher, Ledger
+from hamu.requests import RequestQueue, Status
+
+HEADER = "request_id,record_id,reason,received_at"
+T0 = datetime(2026, 3, 1, tzinfo=UTC)
+
+
+@pytest.fixture()
+def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A private MLflow store; the process-wide tracking URI is restored afterwards."""
+    import mlflow
+
+    previous = mlflow.get_tracking_uri()
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    yield tmp_path
+    mlflow.set_tracking_uri(previous)
+
+
+def test_recovery_spares_a_live_remote_batch_and_releases_an_expired_one(store: Path) -> None:
+    from mlflow import MlflowClient
+
+    from tasks.recovery import recover_dead_batches
+
+    now = [T0]
+    queue = RequestQueue(f"sqlite:///{store / 'requests.db'}", clock=lambda: now[0])
+    inbox = store / "r.csv"
+    inbox.write_text(
+        f"{HEADER}\nr-1,rec-1,privacy,2026-01-01T00:00:00Z\nr-2,rec-2,privacy,2026-01-01T00:00:01Z\n"
+    )
+    queue.submit_file(inbox)
+    assert len(queue.claim_batch("b-gone", limit=1)) == 1  # on a host that died
+    now[0] += timedelta(minutes=10)
+    assert len(queue.claim_batch("b-elsewhere", limit=1)) == 1  # running on another host, renewing its lease
+    client = MlflowClient()
+    client.create_registered_model("reg")
+    client.create_model_version("reg", source=(store / "src").as_uri(), tags={"batch_id": "b-gone"})
+    now[0] += timedelta(minutes=6)  # b-gone's lease expired a minute ago; b-elsewhere's runs 9 more
+
+    work = store / "work"  # this host's: neither batch ever ran here
+    hasher = KeyedHasher(b"k" * 32)
+    report = recover_dead_batches.fn(queue, work, store / "audit", hasher, "b-now")
+
+    assert report.released == {"b-gone": 1}
+    assert report.abandoned_versions == {"b-gone": ["reg/1"]}
+    assert client.get_model_version("reg", "1").tags["batch_status"] == "abandoned"
+    gone, elsewhere = queue.list()
+    assert (gone.status, gone.failures) == (Status.PENDING, 0)  # a lost host is not the requests' failure
+    assert (elsewhere.status, elsewhere.batch_id) == (Status.CLAIMED, "b-elsewhere")
+    assert not work.exists() or not list(work.glob("*.lock"))  # no lock file made for a remote batch
+    (record,) = Ledger(store / "audit").records()
+    assert (record.batch_id, record.step, record.decision) == ("b-gone", "recover", "released")
+    assert queue.heartbeat("b-elsewhere", elsewhere.claim_token) is not None  # still its claims
+    queue.close()
