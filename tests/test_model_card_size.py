@@ -143,13 +143,17 @@ def test_card_arguments_are_checked() -> None:
 # --------------------------------------------------------------------------- refresh_model_card on MLflow
 
 
-@pytest.fixture()
-def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """A private MLflow store; the process-wide tracking URI is restored afterwards."""
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A private MLflow backend store, SQLite or a throwaway PostgreSQL database (which, unlike SQLite,
+    enforces the 5,000-character description column); the process-wide tracking URI is restored."""
     import mlflow
 
     previous = mlflow.get_tracking_uri()
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    if request.param == "postgresql":
+        uri = request.getfixturevalue("postgres_url")
+    else:
+        uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     mlflow.set_tracking_uri(uri)
     yield tmp_path
@@ -197,3 +201,22 @@ def test_refresh_keeps_the_description_short_and_logs_the_full_history(store: Pa
     assert doc["registered_model"] == name and doc["versions"] == 200 and len(doc["entries"]) == 200
 
     assert refresh_model_card(name) == card  # re-rendering changes nothing
+
+
+def test_the_postgresql_store_refuses_what_the_card_bound_prevents(postgres_url: str) -> None:
+    """Why the bound matters: MLflow on PostgreSQL stores the description in a 5,000-character column, so an
+    unbounded erasure history made every batch fail there once it grew past it (SQLite never complained)."""
+    import mlflow
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(postgres_url)
+    try:
+        client = MlflowClient()
+        client.create_registered_model("hamu-pg")
+        client.update_registered_model("hamu-pg", description="x" * (MLFLOW_DESCRIPTION_LIMIT - 1))
+        with pytest.raises(MlflowException):
+            client.update_registered_model("hamu-pg", description="x" * (MLFLOW_DESCRIPTION_LIMIT + 1))
+    finally:
+        mlflow.set_tracking_uri(previous)
