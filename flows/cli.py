@@ -296,7 +296,11 @@ def audit_verify() -> None:
     ensure_experiment(paths)
     with RequestQueue(paths.requests_url) as queue:
         requests = queue.list()
-    problems = list(result.problems) + cross_check(paths.audit, hasher, requests)
+    problems = list(result.problems)
+    if result.chain_ok:
+        problems += cross_check(paths.audit, hasher, requests)
+    else:
+        problems.append("cross-checks against receipts, MLflow and the queue skipped: the chain is broken")
     if problems:
         err.print(f"[red]audit trail BROKEN[/red] ({result.records} records read): {len(problems)} problems")
         for problem in problems:
@@ -306,6 +310,34 @@ def audit_verify() -> None:
         f"audit trail intact: {result.records} records, every artifact hash matches, and receipts, "
         "model versions, aliases, checkpoints, erasure manifests and the queue agree with the ledger"
     )
+
+
+def _trusted_key(paths: Any) -> bytes:
+    """The audit key, after checking that the ledger's chain holds (exit 1 naming the break if not).
+
+    Why: promotion, rollback and trace decide from ledger records (a batch's status, a version's
+    registered manifest, which receipts exist); a line appended without the key must not count. A torn
+    tail left by a crash is repaired first (and recorded), so a crash never blocks these commands.
+    """
+    from hamu.audit import AuditKeyError, Ledger, verify_ledger
+
+    key = _existing_key(paths)
+    ledger = Ledger(paths.audit, key=key)
+    if not ledger.path.exists():
+        return key
+    try:
+        ledger.repair()
+        result = verify_ledger(paths.audit, key, artifacts=False)
+        problem = result.error
+    except AuditKeyError as exc:  # the last record is not ours: nothing may be chained onto it
+        problem = str(exc)
+    if problem:
+        err.print(
+            f"[red]audit trail BROKEN[/red]: {problem}; nothing was changed. "
+            "Run `hamu audit verify` for every problem"
+        )
+        raise typer.Exit(1)
+    return key
 
 
 def _existing_key(paths: Any) -> bytes:
@@ -327,7 +359,7 @@ def audit_trace(
     from hamu.audit import KeyedHasher, Ledger, ReceiptStore
 
     paths = configure_environment()
-    hashed = KeyedHasher(_existing_key(paths)).hash(request_id)
+    hashed = KeyedHasher(_trusted_key(paths)).hash(request_id)
     ledger = Ledger(paths.audit)
     receipts = ReceiptStore(ledger).find(hashed)
     if not receipts:
@@ -356,7 +388,7 @@ def _audit_for(batch_id: str) -> Any:
     from tasks.audit import BatchAudit
 
     paths = configure_environment()
-    return paths, BatchAudit(paths.audit, KeyedHasher(_existing_key(paths)), batch_id)
+    return paths, BatchAudit(paths.audit, KeyedHasher(_trusted_key(paths)), batch_id)
 
 
 @contextmanager
@@ -479,13 +511,14 @@ def rollback(model: str = typer.Option(..., "--model", help="registered model na
             "records; rolling back would serve them again"
         )
         raise typer.Exit(1)
-    client.set_registered_model_alias(model, "champion", previous)
+    # the record names the move before the alias makes it (a crash in between is reported by verify)
     audit.record(
         "rollback",
         decision="rolled-back",
         reason=f"champion {current.version} → {previous}",
         outputs={"model": model, "champion": str(previous)},
     )
+    client.set_registered_model_alias(model, "champion", previous)
     from tasks.registration import refresh_model_card
 
     refresh_model_card(model)

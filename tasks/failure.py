@@ -96,6 +96,9 @@ def record_failure(
     clean_up_failed_batch(audit, work_dir)
 
 
+_ID_RUN = re.compile(r"[A-Za-z0-9._:-]+")
+_SEPARATOR = re.compile(r"[._:-]")
+
 #: Prefect's loggers for flow- and task-run messages (its engine logs a failing task's exception there,
 #: before the flow sees it, and ships the record to its database).
 RUN_LOGGERS = ("prefect.flow_runs", "prefect.task_runs")
@@ -110,15 +113,30 @@ class RedactingFilter(logging.Filter):
 
     def __init__(self, raw_ids: Collection[str], hasher: KeyedHasher) -> None:
         super().__init__()
-        self.raw_ids = raw_ids
+        self.raw_ids = frozenset(raw_ids)
         self.hasher = hasher
+
+    def mentions_an_id(self, text: str) -> bool:
+        """Whether ``text`` may quote a known ID: cheap in the number of IDs (most lines quote none).
+
+        Every run of ID characters is cut at its separators (``._:-``); a known ID that starts at the run's
+        start or after a separator and ends at its end or before one is found. The full redaction runs
+        only then (its substring pass costs one scan of the text per known ID).
+        """
+        for run in _ID_RUN.findall(text):
+            cuts = [0, *(m.end() for m in _SEPARATOR.finditer(run))]
+            ends = [m.start() for m in _SEPARATOR.finditer(run)] + [len(run)]
+            if any(run[i:j] in self.raw_ids for i in cuts for j in ends if j > i):
+                return True
+        return False
 
     def filter(self, record: logging.LogRecord) -> bool:
         try:
             message = record.getMessage()
         except Exception:  # a malformed record: leave it to logging's own error handling
             return True
-        record.msg, record.args = redact_failure_text(message, self.raw_ids, self.hasher), ()
+        if self.mentions_an_id(message):
+            record.msg, record.args = redact_failure_text(message, self.raw_ids, self.hasher), ()
         if record.exc_info and record.exc_info[1] is not None:
             scrub_exception(record.exc_info[1], self.raw_ids, self.hasher)
             record.exc_text = None

@@ -136,22 +136,23 @@ def promote(
     decision: PromotionDecision,
     override_reason: str,
 ) -> tuple[str, int]:
-    """Move ``champion``, flip the requests it no longer carries to ``erased``, record and receipt it.
+    """Record the promotion, move ``champion``, flip the requests it no longer carries to ``erased``, receipt.
 
-    Returns the previous champion version and the number of requests now erased.
+    Order: everything that can refuse (the ledger-verified manifest) runs before any side effect; then the
+    ledger record names the move before the alias makes it. A crash after the record leaves an alias that
+    ``hamu audit verify`` reports and a re-run of ``hamu promote`` completes; the reverse order would leave
+    a moved alias that no record explains. Returns the previous champion version and the number of
+    requests now erased.
     """
     client = MlflowClient()
-    previous = alias_version(version.name, "champion")
-    prev = str(previous.version) if previous else ""
     name, number = version.name, str(version.version)
-    client.set_model_version_tag(name, number, "previous_champion", prev)
-    if decision.override_used:
-        client.set_model_version_tag(name, number, "evidence_override", override_reason[:500])
-    client.set_registered_model_alias(name, "champion", number)
     unlearned = queue.list(Status.UNLEARNED)
     served = removed_by(version, {r.record_id for r in unlearned}, audit.hasher, audit.ledger.records())
     flipped = [r for r in unlearned if r.record_id in served]
-    erased = queue.mark_served(served, number)
+    previous = alias_version(version.name, "champion")
+    prev = str(previous.version) if previous else ""
+    if prev == number:  # a re-run after a crash: keep the real predecessor as the rollback target
+        prev = (version.tags or {}).get("previous_champion", "")
     audit.record(
         "promote",
         decision="promoted",
@@ -162,10 +163,15 @@ def promote(
             "verdict": verdict.to_dict(),
             "gates": [g.to_dict() for g in decision.gates],
             "override": override_reason if decision.override_used else "",
-            "requests_erased": erased,
+            "requests_erased": len(flipped),
         },
         outputs={"model": name, "champion": number},
     )
+    client.set_model_version_tag(name, number, "previous_champion", prev)
+    if decision.override_used:
+        client.set_model_version_tag(name, number, "evidence_override", override_reason[:500])
+    client.set_registered_model_alias(name, "champion", number)
+    erased = queue.mark_served(served, number)
     rows = [(r.request_id, r.record_id, "erased", "") for r in flipped]
     if rows:
         audit.issue_receipts(

@@ -23,11 +23,12 @@ from pathlib import Path
 
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
 from safetensors.torch import load_file
 
 from hamu.audit import ANCHOR_TAG, Anchor, KeyedHasher, Ledger, LedgerRecord, anchor_problem, check_receipts
 from hamu.audit.receipts import referenced_receipts
-from hamu.lineage import ErasureManifest
+from hamu.lineage import ErasureManifest, LineageError
 from hamu.models.checkpoint import tensors_digest
 from hamu.requests import Request, Status
 from tasks.lineage import MANIFEST_FILE
@@ -69,10 +70,15 @@ def verified_manifest(version: ModelVersion, records: list[LedgerRecord]) -> Era
             f"version {version.name}/{version.version} was deleted by retention (ledger record {deleted}): "
             "it carried erased records and can never be served again"
         )
-    with checkpoint_folder(version) as folder:
-        path = folder / MANIFEST_FILE
-        present = path.exists()
-        manifest = ErasureManifest.from_json(path.read_bytes()) if present else ErasureManifest()
+    try:
+        with checkpoint_folder(version) as folder:
+            path = folder / MANIFEST_FILE
+            present = path.exists()
+            manifest = ErasureManifest.from_json(path.read_bytes()) if present else ErasureManifest()
+    except (LineageError, OSError, MlflowException) as exc:
+        raise ManifestMismatch(
+            f"version {version.name}/{version.version}: its {MANIFEST_FILE} cannot be read ({exc})"
+        ) from None
     record = register_record(records, version)
     expected = record.outputs.get("erasures") if record else None
     if expected is None:
@@ -98,22 +104,27 @@ def cross_check(audit_root: Path, hasher: KeyedHasher, requests: list[Request]) 
     client = MlflowClient()
     for registered in client.search_registered_models():
         versions = client.search_model_versions(f"name = '{registered.name}'")
+        serving = {str(v) for v in (registered.aliases or {}).values()}
         for version in versions:
-            problems += _version_problems(version, records)
+            problems += _version_problems(version, records, serving)
         problems += _alias_problems(registered.name, dict(registered.aliases or {}), records)
     problems += _queue_problems(requests, hasher, ledger)
     return problems
 
 
-def _version_problems(version: ModelVersion, records: list[LedgerRecord]) -> list[str]:
+def _version_problems(version: ModelVersion, records: list[LedgerRecord], serving: set[str]) -> list[str]:
+    """What is wrong with one version. ``serving``: the version numbers an alias points at.
+
+    Only a version the ledger never registered, that no alias serves, and whose batch failed or is still
+    running is exempt: the ``batch_status`` tag alone lives outside the chain, so it cannot exempt anything.
+    """
     tags = version.tags or {}
     where = f"version {version.name}/{version.version}"
-    if tags.get("batch_status") == "abandoned" or (
-        tags.get("batch_id") and tags.get("batch_status") != "completed"
-    ):
-        return []  # a failed batch's version: recovery recorded its abandonment; it is never served
     record = register_record(records, version)
     if record is None:
+        unfinished = bool(tags.get("batch_id")) and tags.get("batch_status") != "completed"
+        if unfinished and str(version.version) not in serving:
+            return []  # a batch that died before registering it in the ledger; never served
         return [f"{where} has no registering ledger record (registered outside the pipeline, or removed)"]
     problems = []
     if ANCHOR_TAG in tags:
@@ -197,6 +208,7 @@ def _alias_problems(name: str, aliases: dict[str, str], records: list[LedgerReco
 
 def _queue_problems(requests: list[Request], hasher: KeyedHasher, ledger: Ledger) -> list[str]:
     referenced = referenced_receipts(ledger)
+    served = _served_receipts(referenced, ledger)
     problems = []
     for request in requests:
         if request.status not in (Status.UNLEARNED, Status.ERASED):
@@ -205,17 +217,26 @@ def _queue_problems(requests: list[Request], hasher: KeyedHasher, ledger: Ledger
         label = f"request {name[:16]}"
         if f"receipts/{request.batch_id}/{name}.json" not in referenced:
             problems.append(f"{label} is {request.status} but the ledger references no receipt of its batch")
-        if request.status is Status.ERASED and not _served_receipt(referenced, name, request, ledger):
+        if request.status is Status.ERASED and str(request.model_version) not in served.get(name, set()):
             problems.append(f"{label} is erased but the ledger references no served receipt for it")
     return problems
 
 
-def _served_receipt(
-    referenced: dict[str, tuple[int, str]], name: str, request: Request, ledger: Ledger
-) -> bool:
+def _served_receipts(referenced: dict[str, tuple[int, str]], ledger: Ledger) -> dict[str, set[str]]:
+    """Served receipts the ledger references, by receipt name: the model versions they name.
+
+    Read once for all requests; an unreadable file is skipped here (``check_receipts`` reports it).
+    """
+    served: dict[str, set[str]] = {}
     for path in referenced:
-        if path.endswith(f"/served-{name}.json"):
+        stem = path.rsplit("/", 1)[-1]
+        if not stem.startswith("served-"):
+            continue
+        try:
             data = json.loads((ledger.root / path).read_text(encoding="utf-8"))
-            if str(data.get("model_version")) == str(request.model_version):
-                return True
-    return False
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            continue
+        served.setdefault(stem.removeprefix("served-").removesuffix(".json"), set()).add(
+            str(data.get("model_version"))
+        )
+    return served

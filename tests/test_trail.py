@@ -346,3 +346,87 @@ def test_cross_check_names_versions_aliases_and_weights_the_ledger_does_not_vouc
     (registry / "audit" / "ledger.jsonl").write_text(lines[0])
     problems = cross_check(registry / "audit", HASHER, [])
     assert any("has no registering ledger record" in p for p in problems), problems
+
+
+# ------------------------------------------------------------------ review findings: each must stay fixed
+def test_a_last_record_without_its_newline_is_completed_not_glued_to(tmp_path: Path) -> None:
+    ledger = _trail(tmp_path, batches=1)
+    path = tmp_path / "ledger.jsonl"
+    path.write_bytes(path.read_bytes().rstrip(b"\n"))  # a crash between the record and its newline
+    ledger.append(LedgerRecord(step="claim", batch_id="b2"))
+    assert [r.step for r in ledger.records()] == ["claim", "receipts", "claim"]
+    assert verify_ledger(tmp_path, KEY).ok
+
+
+def test_appending_under_another_key_or_onto_a_forged_line_is_refused(tmp_path: Path) -> None:
+    _trail(tmp_path, batches=1)
+    before = (tmp_path / "ledger.jsonl").read_bytes()
+    with pytest.raises(AuditKeyError, match="wrong audit key"):
+        Ledger(tmp_path, key=b"x" * 32).append(LedgerRecord(step="claim", batch_id="b2"))
+    assert (tmp_path / "ledger.jsonl").read_bytes() == before
+    last = json.loads(before.splitlines()[-1])
+    last["decision"] = "forged"  # a key-less edit of the last line keeps its key_id but not its MAC
+    (tmp_path / "ledger.jsonl").write_bytes(
+        b"\n".join([*before.splitlines()[:-1], json.dumps(last).encode()]) + b"\n"
+    )
+    with pytest.raises(AuditKeyError, match="does not carry a valid MAC"):
+        Ledger(tmp_path, key=KEY).append(LedgerRecord(step="claim", batch_id="b2"))
+
+
+def test_trace_refuses_a_ledger_with_a_line_appended_without_the_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A forged receipt plus one un-MACed line referencing it must not be shown as an erasure receipt."""
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+    from hamu.audit.keys import KEY_ENV
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("HAMU_HOME", str(home))
+    monkeypatch.setenv(KEY_ENV, KEY.hex())
+    ledger = _trail(home / "audit", batches=1)
+    forged = _receipt("req-forged", "evil", None)
+    ref = ReceiptStore(ledger).write(forged, stage="served")
+    line = LedgerRecord(step="receipts", batch_id="evil", artifacts={"r": ref}, seq=2, record_hash="x")
+    with open(home / "audit" / "ledger.jsonl", "a") as fh:
+        fh.write(json.dumps(line.__dict__) + "\n")
+    result = CliRunner().invoke(app, ["audit", "trace", "req-forged"])
+    assert result.exit_code == 1 and "BROKEN" in result.output and "nothing was changed" in result.output
+
+
+def test_an_abandoned_tag_does_not_exempt_a_served_version(registry: Path) -> None:
+    """The batch_status tag lives outside the chain: setting it must not hide swapped champion weights."""
+    import torch
+    from mlflow import MlflowClient
+    from safetensors.torch import save_file
+
+    from tasks.trail import cross_check
+
+    client = MlflowClient()
+    client.create_registered_model("m")
+    ledger = Ledger(registry / "audit", key=KEY)
+    ledger.append(LedgerRecord(step="claim", batch_id="b0"))
+    version, folder = _register(registry, ledger, [], "b0")
+    ledger.append(LedgerRecord(step="promote", batch_id="b0", outputs={"model": "m", "champion": version}))
+    client.set_registered_model_alias("m", "champion", version)
+    save_file({"w": torch.zeros(4)}, str(folder / "model.safetensors"))
+    client.set_model_version_tag("m", version, "batch_status", "abandoned")
+    problems = cross_check(registry / "audit", HASHER, [])
+    assert any("weights differ" in p for p in problems), problems
+
+
+def test_an_unreadable_manifest_is_a_refusal_not_a_traceback(registry: Path) -> None:
+    from mlflow import MlflowClient
+
+    from tasks.trail import ManifestMismatch, cross_check, verified_manifest
+
+    client = MlflowClient()
+    client.create_registered_model("m")
+    ledger = Ledger(registry / "audit", key=KEY)
+    ledger.append(LedgerRecord(step="claim", batch_id="b0"))
+    version, folder = _register(registry, ledger, [], "b0")
+    (folder / "erasures.json").write_text("{not json")
+    with pytest.raises(ManifestMismatch, match="cannot be read"):
+        verified_manifest(client.get_model_version("m", version), ledger.records())
+    assert any("cannot be read" in p for p in cross_check(registry / "audit", HASHER, []))

@@ -97,10 +97,14 @@ class Anchor:
 
 @dataclass(frozen=True)
 class VerifyResult:
+    """``chain_ok``: every record parsed, MACed and linked (artifact problems or a torn tail aside), so
+    the records can be read and cross-checked."""
+
     ok: bool
     records: int
     error: str | None = None
     problems: tuple[str, ...] = ()
+    chain_ok: bool = True
 
 
 def record_mac(key: bytes, record: LedgerRecord) -> str:
@@ -158,22 +162,42 @@ class Ledger:
 
     def append(self, record: LedgerRecord) -> LedgerRecord:
         """Chain ``record`` to the last one and write it (after repairing a torn tail, if any)."""
+        self._locked_write(record, record.batch_id)
+        return record
+
+    def repair(self, batch_id: str = "ledger") -> bool:
+        """Repair what a crash mid-append left (a torn last line, a missing newline); True if it did.
+
+        Readers that must trust the chain (promotion, rollback, trace) repair first, so that a crash never
+        blocks them until the next batch appends.
+        """
+        return self._locked_write(None, batch_id)
+
+    def _locked_write(self, record: LedgerRecord | None, batch_id: str) -> bool:
         if self._key is None:
-            raise AuditKeyError("appending to the ledger needs the audit key (Ledger(root, key=...))")
+            raise AuditKeyError("writing to the ledger needs the audit key (Ledger(root, key=...))")
         self.root.mkdir(parents=True, exist_ok=True)
+        repaired = False
         with open(self.path, "a+b") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
             try:
                 fh.seek(0)
-                tail = _read_tail(fh.read())
+                data = fh.read()
+                tail = _read_tail(data)
                 last = json.loads(tail.lines[-1]) if tail.lines else None
                 count = len(tail.lines)
+                self._check_tail_key(last)
+                if not tail.torn and data and not data.endswith(b"\n"):
+                    fh.write(b"\n")  # a complete last record whose newline a crash cut off
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                    repaired = True
                 if tail.torn:
                     fh.truncate(tail.complete_size)
                     repair = self._chain(
                         LedgerRecord(
                             step=REPAIR_STEP,
-                            batch_id=record.batch_id,
+                            batch_id=batch_id,
                             decision="truncated",
                             reason="a crash left a partly written last line; it was cut off",
                             params={"torn_bytes": len(tail.torn), "torn_sha256": sha256_bytes(tail.torn)},
@@ -182,11 +206,38 @@ class Ledger:
                         last["record_hash"] if last else GENESIS,
                     )
                     self._write(fh, repair)
-                    last, count = asdict(repair), count + 1
-                self._write(fh, self._chain(record, count, last["record_hash"] if last else GENESIS))
+                    last, count, repaired = asdict(repair), count + 1, True
+                if record is not None:
+                    self._write(fh, self._chain(record, count, last["record_hash"] if last else GENESIS))
             finally:
                 fcntl.flock(fh, fcntl.LOCK_UN)
-        return record
+        return repaired
+
+    def _check_tail_key(self, last: dict[str, Any] | None) -> None:
+        """Refuse to chain under a key other than the one that wrote the last record, or onto a forgery.
+
+        Why: appending under a wrong key (a mistyped ``$HAMU_AUDIT_KEY``) would break the chain for good at
+        that record, and chaining onto an un-MACed line would vouch for it.
+        """
+        assert self._key is not None
+        if last is None:
+            return
+        mine = key_fingerprint(self._key)
+        written = last.get("key_id") or "?"
+        if written != mine:
+            raise AuditKeyError(
+                f"wrong audit key: the ledger's last record was written under key {written}, this key is "
+                f"{mine}; nothing was appended"
+            )
+        try:
+            valid = hmac.compare_digest(record_mac(self._key, LedgerRecord(**last)), last["record_hash"])
+        except (TypeError, KeyError):
+            valid = False
+        if not valid:
+            raise AuditKeyError(
+                f"the ledger's last record ({last.get('seq', '?')}) does not carry a valid MAC: it was "
+                "altered or forged; run `hamu audit verify`. Nothing was appended"
+            )
 
     def _chain(self, record: LedgerRecord, seq: int, prev: str) -> LedgerRecord:
         assert self._key is not None
@@ -217,8 +268,9 @@ class Ledger:
         return Anchor(records[-1].seq, records[-1].record_hash) if records else None
 
 
-def verify_ledger(root: Path, key: bytes) -> VerifyResult:
-    """Re-check every record's MAC, the chain links and every referenced artifact; name every problem.
+def verify_ledger(root: Path, key: bytes, *, artifacts: bool = True) -> VerifyResult:
+    """Re-check every record's MAC, the chain links and (``artifacts``) every referenced file; name every
+    problem.
 
     Chain problems stop the walk at the first broken record (later links are meaningless after it);
     artifact problems are collected for every record.
@@ -231,13 +283,15 @@ def verify_ledger(root: Path, key: bytes) -> VerifyResult:
     problems: list[str] = []
     prev = GENESIS
     count = 0
+    chain_ok = True
     for raw in tail.lines:
         problem, record = _check_record(raw, count, prev, key, expected_key)
         if problem:
             problems.append(problem)
+            chain_ok = False
             break
         assert record is not None
-        for name, ref in record.artifacts.items():
+        for name, ref in record.artifacts.items() if artifacts else ():
             target = root / ref["path"]
             if not target.exists():
                 problems.append(f"record {record.seq}: artifact {name!r} missing: {target}")
@@ -250,7 +304,7 @@ def verify_ledger(root: Path, key: bytes) -> VerifyResult:
             f"the last line is torn ({len(tail.torn)} bytes, a crash mid-append); the next append "
             "truncates it and records the repair"
         )
-    return _result(count, problems)
+    return _result(count, problems, chain_ok=chain_ok)
 
 
 def _check_record(
@@ -278,7 +332,11 @@ def _check_record(
     return None, record
 
 
-def _result(count: int, problems: list[str]) -> VerifyResult:
+def _result(count: int, problems: list[str], *, chain_ok: bool = False) -> VerifyResult:
     return VerifyResult(
-        ok=not problems, records=count, error=problems[0] if problems else None, problems=tuple(problems)
+        ok=not problems,
+        records=count,
+        error=problems[0] if problems else None,
+        problems=tuple(problems),
+        chain_ok=chain_ok,
     )
