@@ -549,6 +549,8 @@ def retention_apply(
 
     paths = configure_environment()
     hasher = KeyedHasher(_existing_key(paths))
+    if yes and Ledger(paths.audit).path.exists():  # a crash's torn tail must not block deletions for good
+        Ledger(paths.audit, key=hasher.key()).repair()
     checked = verify_ledger(paths.audit, hasher.key())
     if not checked.ok:
         err.print(

@@ -430,3 +430,26 @@ def test_an_unreadable_manifest_is_a_refusal_not_a_traceback(registry: Path) -> 
     with pytest.raises(ManifestMismatch, match="cannot be read"):
         verified_manifest(client.get_model_version("m", version), ledger.records())
     assert any("cannot be read" in p for p in cross_check(registry / "audit", HASHER, []))
+
+
+def test_readers_wait_for_an_append_in_progress(tmp_path: Path) -> None:
+    """A verify running during an append must not see a half-written line: readers take a shared lock."""
+    import fcntl
+    import threading
+
+    _trail(tmp_path, batches=1)
+    got: list[int] = []
+    line = json.dumps(LedgerRecord(step="half-written", batch_id="b9").__dict__).encode() + b"\n"
+    with open(tmp_path / "ledger.jsonl", "ab") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)  # an appender mid-write
+        fh.write(line[:20])
+        fh.flush()
+        reader = threading.Thread(target=lambda: got.append(len(Ledger(tmp_path).records())))
+        reader.start()
+        reader.join(timeout=0.5)
+        assert reader.is_alive() and got == []  # blocked behind the appender, not reading the torn line
+        fh.write(line[20:])
+        fh.flush()
+        fcntl.flock(fh, fcntl.LOCK_UN)
+    reader.join()
+    assert got == [3]

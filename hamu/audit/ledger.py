@@ -107,6 +107,16 @@ class VerifyResult:
     chain_ok: bool = True
 
 
+def read_locked(path: Path) -> bytes:
+    """The ledger's bytes under a shared ``flock``: a reader never sees an append half written."""
+    with open(path, "rb") as fh:
+        fcntl.flock(fh, fcntl.LOCK_SH)
+        try:
+            return fh.read()
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def record_mac(key: bytes, record: LedgerRecord) -> str:
     return MAC_PREFIX + hmac.new(key, canonical_json(record.body()), hashlib.sha256).hexdigest()
 
@@ -260,7 +270,7 @@ class Ledger:
     def records(self) -> list[LedgerRecord]:
         if not self.path.exists():
             return []
-        return [LedgerRecord(**json.loads(line)) for line in _read_tail(self.path.read_bytes()).lines]
+        return [LedgerRecord(**json.loads(line)) for line in _read_tail(read_locked(self.path)).lines]
 
     def head(self) -> Anchor | None:
         """The current chain head (None for an empty ledger)."""
@@ -279,7 +289,7 @@ def verify_ledger(root: Path, key: bytes, *, artifacts: bool = True) -> VerifyRe
     if not path.exists():
         return _result(0, [f"no ledger at {path}"])
     expected_key = key_fingerprint(key)
-    tail = _read_tail(path.read_bytes())
+    tail = _read_tail(read_locked(path))
     problems: list[str] = []
     prev = GENESIS
     count = 0

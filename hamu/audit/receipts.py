@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from hamu.audit.ledger import Ledger
-from hamu.audit.provenance import file_sha256
+from hamu.audit.provenance import sha256_bytes
 
 
 @dataclass(frozen=True)
@@ -58,9 +58,10 @@ class ReceiptStore:
         found = []
         for path in (self.ledger.root / "receipts").glob(f"*/*{name}.json"):
             seq, digest = referenced.get(str(path.relative_to(self.ledger.root)), (-1, ""))
-            if seq >= 0 and digest == file_sha256(path):
-                found.append((seq, path))
-        return [ErasureReceipt(**json.loads(path.read_text(encoding="utf-8"))) for _, path in sorted(found)]
+            data = path.read_bytes()  # checked and parsed from the same bytes: no swap in between
+            if seq >= 0 and digest == sha256_bytes(data):
+                found.append((seq, ErasureReceipt(**json.loads(data.decode("utf-8")))))
+        return [receipt for _, receipt in sorted(found, key=lambda item: item[0])]
 
 
 def referenced_receipts(ledger: Ledger) -> dict[str, tuple[int, str]]:
