@@ -16,6 +16,7 @@ from typing import Any
 import mlflow
 import torch
 from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from torch import nn
@@ -91,6 +92,7 @@ def ensure_champion(paths: StatePaths, data: PresetData, name: str, *, progress:
 
 def _register_original(paths: StatePaths, data: PresetData, name: str, progress: bool) -> Any:
     """Train the preset's original on the full manifest and register it as champion."""
+    _abandon_unrecorded_originals(paths, name)
     recipe = get_preset(data.preset).recipe
     trained = train_model(data.train, recipe, role="original", progress=progress)
     ckpt_dir = paths.models / data.preset
@@ -119,6 +121,42 @@ def _register_original(paths: StatePaths, data: PresetData, name: str, progress:
     )
     set_alias(name, "champion", version.version)
     return version
+
+
+def _abandon_unrecorded_originals(paths: StatePaths, name: str) -> None:
+    """Tag ``abandoned`` (and record) the originals an earlier first run registered but died before
+    recording: without a ledger record they are never champion, and verification names why they exist.
+    """
+    from tasks.trail import register_record
+
+    ledger_file = paths.audit / "ledger.jsonl"
+    records = Ledger(paths.audit).records() if ledger_file.exists() else []
+    client = MlflowClient()
+    try:
+        versions = client.search_model_versions(f"name = '{name}'")
+    except MlflowException:
+        return  # no registered model yet
+    orphans = [
+        str(v.version)
+        for v in versions
+        if (v.tags or {}).get("role") == "original"
+        and (v.tags or {}).get("batch_status") != "abandoned"
+        and register_record(records, v) is None
+    ]
+    if not orphans:
+        return
+    for number in orphans:
+        client.set_model_version_tag(name, number, "batch_status", "abandoned")
+    key = load_or_create_key(paths.home, ledger=ledger_file)
+    Ledger(paths.audit, key=key).append(
+        LedgerRecord(
+            step="abandon-versions",
+            batch_id=f"original-{name}",
+            decision="abandoned",
+            reason="originals registered by a first run that died before recording them",
+            params={"versions": [f"{name}/{n}" for n in orphans]},
+        )
+    )
 
 
 def _record_original(

@@ -122,7 +122,8 @@ def _version_problems(version: ModelVersion, records: list[LedgerRecord], servin
     where = f"version {version.name}/{version.version}"
     record = register_record(records, version)
     if record is None:
-        unfinished = bool(tags.get("batch_id")) and tags.get("batch_status") != "completed"
+        died = tags.get("batch_status") == "abandoned"  # e.g. an original a first run never recorded
+        unfinished = died or (bool(tags.get("batch_id")) and tags.get("batch_status") != "completed")
         if unfinished and str(version.version) not in serving:
             return []  # a batch that died before registering it in the ledger; never served
         return [f"{where} has no registering ledger record (registered outside the pipeline, or removed)"]

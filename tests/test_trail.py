@@ -453,3 +453,28 @@ def test_readers_wait_for_an_append_in_progress(tmp_path: Path) -> None:
         fcntl.flock(fh, fcntl.LOCK_UN)
     reader.join()
     assert got == [3]
+
+
+def test_an_original_a_dead_first_run_never_recorded_is_abandoned_and_recorded(registry: Path) -> None:
+    """A first run killed between registering the original and its ledger record left a version that
+    verification would report forever; the next first run abandons it, with a record."""
+    from mlflow import MlflowClient
+
+    from tasks.env import StatePaths
+    from tasks.models import _abandon_unrecorded_originals
+    from tasks.trail import cross_check
+
+    client = MlflowClient()
+    client.create_registered_model("m")
+    ledger = Ledger(registry / "audit", key=KEY)
+    ledger.append(LedgerRecord(step="claim", batch_id="b0"))
+    orphan = client.create_model_version("m", source=(registry / "src").as_uri(), tags={"role": "original"})
+    assert any("no registering ledger record" in p for p in cross_check(registry / "audit", HASHER, []))
+    os.environ["HAMU_AUDIT_KEY"] = KEY.hex()
+    try:
+        _abandon_unrecorded_originals(StatePaths(registry), "m")
+    finally:
+        del os.environ["HAMU_AUDIT_KEY"]
+    assert client.get_model_version("m", orphan.version).tags["batch_status"] == "abandoned"
+    assert ledger.records()[-1].step == "abandon-versions"
+    assert cross_check(registry / "audit", HASHER, []) == []
