@@ -29,13 +29,14 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 from mlflow import MlflowClient
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from hamu.audit import KeyedHasher
+from hamu.audit import KeyedHasher, Ledger
 from hamu.requests import RequestQueue, Status, is_valid_batch_id
 from tasks.audit import BatchAudit
 from tasks.locks import BatchLock
@@ -113,7 +114,9 @@ def _roll_forward(queue: RequestQueue, audit: BatchAudit) -> str | None:
             continue
         if (mv.tags or {}).get("batch_status") != "completed":
             client.set_model_version_tag(mv.name, mv.version, "batch_status", "completed")
-            client.set_registered_model_alias(mv.name, "candidate", mv.version)
+            current = (client.get_registered_model(mv.name).aliases or {}).get("candidate")
+            if current is None or int(current) < int(mv.version):  # never move it back to an older one
+                client.set_registered_model_alias(mv.name, "candidate", mv.version)
         completed = str(mv.version)
     steps = {r.step for r in audit.ledger.records() if r.batch_id == audit.batch_id}
     if completed is not None and "completed" not in steps:
@@ -124,6 +127,27 @@ def _roll_forward(queue: RequestQueue, audit: BatchAudit) -> str | None:
             outputs={"model_version": completed},
         )
     return completed
+
+
+def closed_but_unfinished(
+    queue: RequestQueue, audit_root: Path, current: str, now: datetime | None = None
+) -> list[str]:
+    """Batches the queue closed (their requests ``unlearned``) more than one lease ago that the ledger
+    never saw complete: they died between closing and completing, on this host or another.
+
+    Why by age: after the close a batch holds no claim, so neither a lease nor a lock file shows whether
+    it still runs; a live one completes within seconds of closing, far inside one lease.
+    """
+    now = now or datetime.now(UTC)
+    closed_at: dict[str, datetime] = {}
+    for request in queue.list(Status.UNLEARNED):
+        if request.batch_id and request.batch_id != current:
+            when = request.updated_at if request.updated_at.tzinfo else request.updated_at.replace(tzinfo=UTC)
+            closed_at[request.batch_id] = max(closed_at.get(request.batch_id, when), when)
+    if not closed_at:
+        return []
+    done = {r.batch_id for r in Ledger(audit_root).records() if r.step == "completed"}
+    return sorted(b for b, when in closed_at.items() if b not in done and when < now - queue.lease)
 
 
 def _abandon_versions(batch_id: str) -> list[str]:
@@ -157,6 +181,10 @@ def recover_dead_batches(
             reason="the lease on its claims expired: its process died or stopped renewing it, on any host",
             params={"released_requests": released, "abandoned_versions": abandoned},
         )
+    for batch_id in closed_but_unfinished(queue, audit_root, current):  # died after closing, any host
+        completed = _roll_forward(queue, BatchAudit(audit_root, hasher, batch_id))
+        if completed is not None:
+            report.completed[batch_id] = completed
     # Claims still under a lease (claims made by code older than leases carry none: lock files only).
     live = {r.batch_id for r in queue.list(Status.CLAIMED) if r.batch_id and r.lease_expires_at is not None}
     for batch_id in sorted(_known_batches(queue, work, current)):

@@ -68,3 +68,39 @@ def test_recovery_spares_a_live_remote_batch_and_releases_an_expired_one(store: 
     assert (record.batch_id, record.step, record.decision) == ("b-gone", "recover", "released")
     assert queue.heartbeat("b-elsewhere", elsewhere.claim_token) is not None  # still its claims
     queue.close()
+
+
+def test_a_batch_that_died_after_closing_its_requests_on_another_host_is_rolled_forward(store: Path) -> None:
+    """After its close a batch holds no claim, so no lease or lock file shows it died; a close older than
+    one lease with no ``completed`` record does, and recovery finishes the batch instead of leaving its
+    requests pointing at a version that can never be promoted."""
+    from mlflow import MlflowClient
+
+    from tasks.recovery import closed_but_unfinished, recover_dead_batches
+
+    now = [T0]
+    queue = RequestQueue(f"sqlite:///{store / 'requests.db'}", clock=lambda: now[0])
+    inbox = store / "r.csv"
+    inbox.write_text(f"{HEADER}\nr-1,rec-1,privacy,2026-01-01T00:00:00Z\n")
+    queue.submit_file(inbox)
+    (claimed,) = queue.claim_batch("b-remote", limit=1)
+    client = MlflowClient()
+    client.create_registered_model("reg")
+    client.create_model_version("reg", source=(store / "src").as_uri(), tags={"batch_id": "b-remote"})
+    queue.record_verdicts("b-remote", {claimed.request_id: ("accepted", "record found")})
+    assert queue.mark_unlearned("b-remote", [claimed.request_id], "1") == 1  # then its host died
+    audit_root = store / "audit"
+
+    assert closed_but_unfinished(queue, audit_root, "b-now", now=T0 + timedelta(minutes=1)) == []  # may run
+    assert closed_but_unfinished(queue, audit_root, "b-now", now=T0 + timedelta(hours=1)) == ["b-remote"]
+    report = recover_dead_batches.fn(queue, store / "work", audit_root, KeyedHasher(b"k" * 32), "b-now")
+
+    assert report.completed == {"b-remote": "1"}
+    version = client.get_model_version("reg", "1")
+    assert version.tags["batch_status"] == "completed"
+    assert str(client.get_registered_model("reg").aliases["candidate"]) == "1"
+    steps = [(r.batch_id, r.step) for r in Ledger(audit_root).records()]
+    assert steps == [("b-remote", "completed")]
+    again = recover_dead_batches.fn(queue, store / "work", audit_root, KeyedHasher(b"k" * 32), "b-now")
+    assert again.completed == {}  # completed once, by one record
+    queue.close()
