@@ -1,0 +1,69 @@
+"""A whole deletion batch with the request queue and MLflow's backend store on PostgreSQL (a throwaway
+PostgreSQL 15 server), driven through the `hamu` command line as a user would: submit, exact batch, the
+queue's answer, `hamu audit verify`. Nothing is written to the SQLite defaults under HAMU_HOME.
+
+Prefect still runs its ephemeral server on SQLite here; a Prefect server on PostgreSQL is documented in
+docs/requests.md, not tested.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pg_server as pg
+
+PRESET = "digits-cpu"
+
+
+def _hamu(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "flows.cli", *args],
+        env=env,
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+
+
+def test_a_batch_on_postgresql_queue_and_mlflow_store(
+    postgres_server: pg.PostgresServer, tmp_path: Path
+) -> None:
+    from sqlalchemy import create_engine, text
+
+    from tasks.models import load_preset_data
+
+    queue_url, mlflow_url = postgres_server.create_database(), postgres_server.create_database()
+    home = tmp_path / "home"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "HAMU_", "MLFLOW_"))}
+    env |= {"HAMU_HOME": str(home), "HAMU_QUEUE_URL": queue_url, "MLFLOW_TRACKING_URI": mlflow_url}
+    env |= {"OMP_NUM_THREADS": "1"}
+    ids = load_preset_data(PRESET).manifest_ids[:30]
+    requests = tmp_path / "requests.csv"
+    rows = [f"pg-{i:03d},{r},privacy,2026-11-01T00:00:00Z" for i, r in enumerate(ids)]
+    requests.write_text("request_id,record_id,reason,received_at\n" + "\n".join(rows) + "\n")
+
+    submitted = _hamu(["requests", "submit", str(requests)], env)
+    assert submitted.returncode == 0, submitted.stderr[-2000:]
+    batch = _hamu(["batch", "run", "--preset", PRESET, "--shadow-models", "0", "--exact"], env)
+    assert batch.returncode == 0, (batch.stdout + batch.stderr)[-3000:]
+    verify = _hamu(["audit", "verify"], env)
+    assert verify.returncode == 0, (verify.stdout + verify.stderr)[-3000:]
+
+    engine = create_engine(queue_url)
+    with engine.connect() as conn:
+        statuses = dict(
+            conn.execute(text("SELECT status, count(*) FROM deletion_requests GROUP BY status")).all()
+        )
+    engine.dispose()
+    assert statuses == {"unlearned": 30}
+    engine = create_engine(mlflow_url)
+    with engine.connect() as conn:
+        versions = conn.execute(text("SELECT count(*) FROM model_versions")).scalar_one()
+        aliases = conn.execute(text("SELECT alias FROM registered_model_aliases")).scalars().all()
+    engine.dispose()
+    assert versions == 2 and sorted(aliases) == ["candidate", "champion"]  # the original and the retrain
+    assert not (home / "requests.db").exists() and not (home / "mlflow.db").exists()
