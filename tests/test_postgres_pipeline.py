@@ -1,16 +1,20 @@
-"""A whole deletion batch with the request queue and MLflow's backend store on PostgreSQL (a throwaway
-PostgreSQL 15 server), driven through the `hamu` command line as a user would: submit, exact batch, the
-queue's answer, `hamu audit verify`. Nothing is written to the SQLite defaults under HAMU_HOME.
-
-Prefect still runs its ephemeral server on SQLite here; a Prefect server on PostgreSQL is documented in
-docs/requests.md, not tested.
+"""A whole deletion batch with all three stores on PostgreSQL (a throwaway PostgreSQL 15 server): the
+request queue (`HAMU_QUEUE_URL`), MLflow's backend store (`MLFLOW_TRACKING_URI`) and a Prefect server
+started on its own database (`PREFECT_SERVER_DATABASE_CONNECTION_URL`, reached through `PREFECT_API_URL`).
+Driven through the `hamu` command line as a user would: submit, exact batch, `hamu audit verify`. Nothing
+is written to the SQLite defaults under HAMU_HOME.
 """
 
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pg_server as pg
@@ -29,6 +33,45 @@ def _hamu(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[s
     )
 
 
+@contextmanager
+def _prefect_server(database_url: str, home: Path) -> Iterator[str]:
+    """A Prefect server whose database is ``database_url`` (asyncpg); yields its API URL."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env |= {"PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = database_url.replace("+psycopg", "+asyncpg")
+    prefect = str(Path(sys.executable).parent / "prefect")
+    args = [
+        prefect,
+        "server",
+        "start",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--analytics-off",
+        "--no-ui",
+    ]
+    server = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    api = f"http://127.0.0.1:{port}/api"
+    try:
+        for _ in range(120):
+            try:
+                with urllib.request.urlopen(f"{api}/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                time.sleep(1)
+        else:
+            raise RuntimeError("the Prefect server on PostgreSQL did not become healthy in 120 s")
+        yield api
+    finally:
+        server.terminate()
+        server.wait(60)
+
+
 def test_a_batch_on_postgresql_queue_and_mlflow_store(
     postgres_server: pg.PostgresServer, tmp_path: Path
 ) -> None:
@@ -37,6 +80,7 @@ def test_a_batch_on_postgresql_queue_and_mlflow_store(
     from tasks.models import load_preset_data
 
     queue_url, mlflow_url = postgres_server.create_database(), postgres_server.create_database()
+    prefect_url = postgres_server.create_database()
     home = tmp_path / "home"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "HAMU_", "MLFLOW_"))}
     env |= {"HAMU_HOME": str(home), "HAMU_QUEUE_URL": queue_url, "MLFLOW_TRACKING_URI": mlflow_url}
@@ -46,12 +90,14 @@ def test_a_batch_on_postgresql_queue_and_mlflow_store(
     rows = [f"pg-{i:03d},{r},privacy,2026-11-01T00:00:00Z" for i, r in enumerate(ids)]
     requests.write_text("request_id,record_id,reason,received_at\n" + "\n".join(rows) + "\n")
 
-    submitted = _hamu(["requests", "submit", str(requests)], env)
-    assert submitted.returncode == 0, submitted.stderr[-2000:]
-    batch = _hamu(["batch", "run", "--preset", PRESET, "--shadow-models", "0", "--exact"], env)
-    assert batch.returncode == 0, (batch.stdout + batch.stderr)[-3000:]
-    verify = _hamu(["audit", "verify"], env)
-    assert verify.returncode == 0, (verify.stdout + verify.stderr)[-3000:]
+    with _prefect_server(prefect_url, tmp_path / "prefect-server") as api:
+        env["PREFECT_API_URL"] = api
+        submitted = _hamu(["requests", "submit", str(requests)], env)
+        assert submitted.returncode == 0, submitted.stderr[-2000:]
+        batch = _hamu(["batch", "run", "--preset", PRESET, "--shadow-models", "0", "--exact"], env)
+        assert batch.returncode == 0, (batch.stdout + batch.stderr)[-3000:]
+        verify = _hamu(["audit", "verify"], env)
+        assert verify.returncode == 0, (verify.stdout + verify.stderr)[-3000:]
 
     engine = create_engine(queue_url)
     with engine.connect() as conn:
@@ -67,3 +113,10 @@ def test_a_batch_on_postgresql_queue_and_mlflow_store(
     engine.dispose()
     assert versions == 2 and sorted(aliases) == ["candidate", "champion"]  # the original and the retrain
     assert not (home / "requests.db").exists() and not (home / "mlflow.db").exists()
+    engine = create_engine(prefect_url)
+    with engine.connect() as conn:
+        runs = conn.execute(
+            text("SELECT f.name, r.state_type FROM flow_run r JOIN flow f ON f.id = r.flow_id")
+        ).all()
+    engine.dispose()
+    assert ("deletion-batch", "COMPLETED") in [(name, str(state)) for name, state in runs], runs
