@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pg_server as pg
@@ -125,6 +126,20 @@ def digits_data() -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
     x = torch.tensor(data.data / 16.0, dtype=torch.float32)
     y = torch.tensor(data.target)
     return x, y, np.random.default_rng(0).permutation(len(y))
+
+
+@pytest.fixture()
+def mlflow_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A private MLflow store (SQLite under ``tmp_path``, which it yields); the process-wide tracking URI
+    is restored afterwards."""
+    import mlflow
+
+    previous = mlflow.get_tracking_uri()
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    yield tmp_path
+    mlflow.set_tracking_uri(previous)
 
 
 @pytest.fixture(scope="session")

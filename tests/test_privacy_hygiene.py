@@ -78,19 +78,6 @@ def test_an_unlabelled_keyed_hash_is_refused(digits: tuple[datasets.Dataset, dat
         split_by_ids(train, test, record_ids(train)[:1], keyed_hash=lambda s: KeyedHasher(KEY).hex(s))
 
 
-@pytest.fixture()
-def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """A private MLflow store; the process-wide tracking URI is restored afterwards."""
-    import mlflow
-
-    previous = mlflow.get_tracking_uri()
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    mlflow.set_tracking_uri(uri)
-    yield tmp_path
-    mlflow.set_tracking_uri(previous)
-
-
 # ------------------------------------------------------------------------------------ MLflow example
 def _tiny(kind: str) -> tuple[torch.nn.Module, torch.Tensor]:
     """A small model and two 'training rows' for it, with no zero anywhere (a real row is never all zeros)."""
@@ -104,19 +91,21 @@ def _tiny(kind: str) -> tuple[torch.nn.Module, torch.Tensor]:
 
 
 @pytest.mark.parametrize("kind", ["image", "text"])
-def test_registered_model_stores_no_training_row_as_input_example(kind: str, store: Path) -> None:
+def test_registered_model_stores_no_training_row_as_input_example(kind: str, mlflow_store: Path) -> None:
     import mlflow
 
     from tasks.tracking import log_model_version
 
-    exp = mlflow.create_experiment("privacy", artifact_location=(store / "art").as_uri())
+    exp = mlflow.create_experiment("privacy", artifact_location=(mlflow_store / "art").as_uri())
     model, rows = _tiny(kind)
-    ckpt = store / "ckpt"
+    ckpt = mlflow_store / "ckpt"
     ckpt.mkdir()
     (ckpt / "model.safetensors").write_bytes(b"placeholder")
     with mlflow.start_run(experiment_id=exp):
         version = log_model_version(model, name=f"reg-{kind}", example=rows, checkpoint_dir=ckpt, tags={})
-    folder = Path(mlflow.artifacts.download_artifacts(artifact_uri=version.source, dst_path=str(store)))
+    folder = Path(
+        mlflow.artifacts.download_artifacts(artifact_uri=version.source, dst_path=str(mlflow_store))
+    )
     stored = np.asarray(mlflow.models.Model.load(str(folder)).load_input_example(str(folder)))
     assert stored.shape == tuple(rows.shape)
     flat_rows = rows.numpy().astype(np.float32).reshape(len(rows), -1)

@@ -6,28 +6,12 @@ Real queue (SQLite), MLflow store (SQLite) and ledger.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from hamu.audit import KeyedHasher
 from hamu.requests import RequestQueue, Status, default_queue_url
 
 HEADER = "request_id,record_id,reason,received_at"
-
-
-@pytest.fixture()
-def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """A private MLflow store; the process-wide tracking URI is restored afterwards."""
-    import mlflow
-
-    previous = mlflow.get_tracking_uri()
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    mlflow.set_tracking_uri(uri)
-    yield tmp_path
-    mlflow.set_tracking_uri(previous)
 
 
 def _file(path: Path, text: str = "keep me") -> Path:
@@ -36,12 +20,12 @@ def _file(path: Path, text: str = "keep me") -> Path:
     return path
 
 
-def test_recovery_skips_entries_that_are_not_batches(store: Path) -> None:
+def test_recovery_skips_entries_that_are_not_batches(mlflow_store: Path) -> None:
     from tasks.audit import BatchAudit
     from tasks.locks import BatchLock
     from tasks.recovery import recover_dead_batches
 
-    work = store / "work"
+    work = mlflow_store / "work"
     strays = [
         _file(work / "lost+found" / "#1234"),  # fsck's folder on a mounted volume: '+' is no batch ID
         _file(work / "notes.txt"),
@@ -49,23 +33,23 @@ def test_recovery_skips_entries_that_are_not_batches(store: Path) -> None:
         _file(work / "not a batch.lock"),  # a lock-like name, but no batch ID
         _file(work / ".cache" / "x"),
     ]
-    target = _file(store / "elsewhere" / "precious.bin")
+    target = _file(mlflow_store / "elsewhere" / "precious.bin")
     (work / "b-link").symlink_to(target.parent, target_is_directory=True)  # following it would delete it
-    (work / "b-dangling.lock").symlink_to(store / "missing")
+    (work / "b-dangling.lock").symlink_to(mlflow_store / "missing")
     dead = _file(work / "b-dead" / "forget.npz", "forget rows")
     _file(work / "b-dead.lock", "")
     live = BatchLock(work, "b-live")
     assert live.acquire()
     _file(work / "b-live" / "scores.npz")
 
-    queue = RequestQueue(default_queue_url(store / "home"))
-    inbox = _file(store / "r.csv", f"{HEADER}\nr-1,rec-1,privacy,2026-01-01T00:00:00Z\n")
+    queue = RequestQueue(default_queue_url(mlflow_store / "home"))
+    inbox = _file(mlflow_store / "r.csv", f"{HEADER}\nr-1,rec-1,privacy,2026-01-01T00:00:00Z\n")
     queue.submit_file(inbox)
     assert len(queue.claim_batch("b-dead")) == 1  # the dead batch's claim
 
     hasher = KeyedHasher(b"k" * 32)
     try:
-        report = recover_dead_batches.fn(queue, work, store / "audit", hasher, "b-now")
+        report = recover_dead_batches.fn(queue, work, mlflow_store / "audit", hasher, "b-now")
     finally:
         live.release()
 
@@ -78,17 +62,17 @@ def test_recovery_skips_entries_that_are_not_batches(store: Path) -> None:
     assert not (work / "lost+found.lock").exists() and not (work / "b-link.lock").exists()
     (request,) = queue.list()
     assert request.status is Status.PENDING and request.failures == 0  # a crash is not a failure
-    batches = {r.batch_id for r in BatchAudit(store / "audit", hasher, "b-now").ledger.records()}
+    batches = {r.batch_id for r in BatchAudit(mlflow_store / "audit", hasher, "b-now").ledger.records()}
     assert batches == {"b-dead"}
     queue.close()
 
 
-def test_recovery_of_a_missing_or_empty_work_folder_finds_nothing(store: Path) -> None:
+def test_recovery_of_a_missing_or_empty_work_folder_finds_nothing(mlflow_store: Path) -> None:
     from tasks.recovery import recover_dead_batches
 
-    queue = RequestQueue(default_queue_url(store / "home"))
+    queue = RequestQueue(default_queue_url(mlflow_store / "home"))
     hasher = KeyedHasher(b"k" * 32)
-    assert not recover_dead_batches.fn(queue, store / "work", store / "audit", hasher, "b-now")
-    _file(store / "work" / "lost+found" / "x")
-    assert not recover_dead_batches.fn(queue, store / "work", store / "audit", hasher, "b-now")
+    assert not recover_dead_batches.fn(queue, mlflow_store / "work", mlflow_store / "audit", hasher, "b-now")
+    _file(mlflow_store / "work" / "lost+found" / "x")
+    assert not recover_dead_batches.fn(queue, mlflow_store / "work", mlflow_store / "audit", hasher, "b-now")
     queue.close()

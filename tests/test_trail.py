@@ -10,7 +10,6 @@ import json
 import multiprocessing
 import os
 import stat
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -237,17 +236,13 @@ def test_racing_first_runs_end_with_one_key(tmp_path: Path) -> None:
 
 # -------------------------------------------------------------------------- manifests against the ledger
 @pytest.fixture()
-def registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+def registry(mlflow_store: Path) -> Path:
+    """The private MLflow store with an experiment whose artifacts stay under it."""
     import mlflow
 
-    previous = mlflow.get_tracking_uri()
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    mlflow.set_tracking_uri(uri)
-    experiment = mlflow.create_experiment("trail", artifact_location=(tmp_path / "artifacts").as_uri())
+    experiment = mlflow.create_experiment("trail", artifact_location=(mlflow_store / "artifacts").as_uri())
     mlflow.set_experiment(experiment_id=experiment)
-    yield tmp_path
-    mlflow.set_tracking_uri(previous)
+    return mlflow_store
 
 
 def _register(root: Path, ledger: Ledger, erased: list[str], batch: str) -> tuple[str, Path]:
