@@ -249,6 +249,10 @@ def _claim_statement(
     )
 
 
+#: The columns a request drops with its claim (released, quarantined): no owner, no claim time, no lease.
+_NO_CLAIM: dict[str, None] = {"claim_token": None, "claimed_at": None, "lease_expires_at": None}
+
+
 class RequestQueue:
     """Deletion requests in any SQLAlchemy database (SQLite file by default).
 
@@ -561,9 +565,7 @@ class RequestQueue:
                     .values(
                         status=Status.PENDING.value,
                         batch_id=None,
-                        claim_token=None,
-                        claimed_at=None,
-                        lease_expires_at=None,
+                        **_NO_CLAIM,
                         verdict=None,
                         verdict_reason=None,
                         updated_at=now,
@@ -596,9 +598,7 @@ class RequestQueue:
                         status=Status.QUARANTINED.value,
                         failures=_T.c.failures + 1,
                         quarantine_reason=self._quarantine_reason(batch_id),
-                        claim_token=None,
-                        claimed_at=None,
-                        lease_expires_at=None,
+                        **_NO_CLAIM,
                         updated_at=now,
                     )
                 )
@@ -609,9 +609,7 @@ class RequestQueue:
                     status=Status.PENDING.value,
                     failures=_T.c.failures + int(failed),
                     batch_id=None,
-                    claim_token=None,
-                    claimed_at=None,
-                    lease_expires_at=None,
+                    **_NO_CLAIM,
                     verdict=None,
                     verdict_reason=None,
                     updated_at=now,
@@ -646,9 +644,7 @@ class RequestQueue:
             .values(
                 status=Status.QUARANTINED.value,
                 quarantine_reason=reason,
-                claim_token=None,
-                claimed_at=None,
-                lease_expires_at=None,
+                **_NO_CLAIM,
                 updated_at=self._now(),
             )
         )
