@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 import shutil
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -13,6 +13,7 @@ from typing import Any
 from prefect.context import get_run_context
 
 from hamu.audit import ErasureReceipt, KeyedHasher, Ledger, LedgerRecord, ReceiptStore, file_sha256
+from hamu.requests import JudgedRequest
 
 _TOKEN = re.compile(r"[^\s'\"`,;()]+")
 
@@ -47,6 +48,9 @@ def prefect_refs() -> dict[str, str]:
     task_run = getattr(ctx, "task_run", None)
     if task_run is not None:
         refs["prefect_task_run_id"] = str(task_run.id)
+        task = getattr(ctx, "task", None)
+        if task is not None:  # a stage's record names the stage's task run
+            refs[f"prefect_task_run:{task.name}"] = str(task_run.id)
         if task_run.flow_run_id is not None:  # inside a task the context carries the task run, not the flow
             refs.setdefault("prefect_flow_run_id", str(task_run.flow_run_id))
     return refs
@@ -61,14 +65,6 @@ class BatchAudit:
         self.hasher = hasher
         self.batch_id = batch_id
         self.mlflow_run_id = mlflow_run_id
-        self._task_runs: dict[str, str] = {}
-
-    def run(self, task: Any, *args: Any, **kwargs: Any) -> Any:
-        """Call a Prefect task and remember its task-run ID; the next ledger record names every task run
-        since the previous one, so each stage's record points at the runs that produced it."""
-        state = task(*args, return_state=True, **kwargs)
-        self._task_runs[str(task.name)] = str(state.state_details.task_run_id)
-        return state.result()
 
     def record(
         self,
@@ -84,8 +80,6 @@ class BatchAudit:
         refs = prefect_refs()
         if self.mlflow_run_id:
             refs["mlflow_run_id"] = self.mlflow_run_id
-        refs.update({f"prefect_task_run:{name}": run_id for name, run_id in self._task_runs.items()})
-        self._task_runs.clear()
         stored = {
             name: self.ledger.add_artifact(name, f"batches/{self.batch_id}/{rel}", data)
             for name, (rel, data) in (artifacts or {}).items()
@@ -106,7 +100,7 @@ class BatchAudit:
 
     def issue_receipts(
         self,
-        verdicts: list[tuple[str, str, str, str]],
+        judged: Sequence[JudgedRequest],
         *,
         model_name: str,
         model_version: str,
@@ -123,14 +117,14 @@ class BatchAudit:
         head = self.ledger.head()
         anchor = head.to_dict() if head else {}
         refs = {}
-        raw = {i for row in verdicts for i in row[:2]}
-        for request_id, record_id, verdict, reason in verdicts:
-            accepted = verdict in ("accepted", "erased")
+        raw = {i for r in judged for i in (r.request_id, r.record_id)}
+        for request in judged:
+            accepted = request.accepted
             receipt = ErasureReceipt(
-                request_hash=self.hasher.hash(request_id),
-                record_hash=self.hasher.hash(record_id),
-                verdict=verdict,
-                reason=redact_ids(reason, raw, self.hasher),
+                request_hash=self.hasher.hash(request.request_id),
+                record_hash=self.hasher.hash(request.record_id),
+                verdict=request.verdict,
+                reason=redact_ids(request.reason, raw, self.hasher),
                 batch_id=self.batch_id,
                 issued_at=now,
                 model_name=model_name if accepted else "",
@@ -144,7 +138,7 @@ class BatchAudit:
             LedgerRecord(
                 step="receipts",
                 batch_id=self.batch_id,
-                decision=f"{len(verdicts)} receipts",
+                decision=f"{len(judged)} receipts",
                 reason=stage,
                 artifacts=refs,
                 refs=prefect_refs(),

@@ -11,20 +11,18 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
-from prefect import task
 from prefect.artifacts import create_link_artifact
-from prefect.cache_policies import NO_CACHE
 
 from hamu.audit.batch_report import BatchReportInput, render_html, render_markdown
+from hamu.requests import JudgedRequest
 from tasks.audit import BatchAudit, redact_ids
 
 
-@task(name="write-batch-report", cache_policy=NO_CACHE)
 def write_batch_report(
     audit: BatchAudit,
     *,
     summary: Mapping[str, Any],
-    verdict_rows: Sequence[tuple[str, str, str, str]],
+    judged: Sequence[JudgedRequest],
     hardness: Mapping[str, Any],
     decision: Mapping[str, Any],
     evaluation: Mapping[str, Any] | None,
@@ -33,13 +31,13 @@ def write_batch_report(
     plots: Mapping[str, Path],
     folder: Path,
 ) -> dict[str, str]:
-    raw = {i for row in verdict_rows for i in row[:2]}
+    raw = {i for r in judged for i in (r.request_id, r.record_id)}
     rejected = [
-        (audit.hasher.hex(req), verdict, redact_ids(reason, raw, audit.hasher))
-        for req, _rec, verdict, reason in verdict_rows
-        if verdict != "accepted"
+        (audit.hasher.hex(r.request_id), r.verdict, redact_ids(r.reason, raw, audit.hasher))
+        for r in judged
+        if r.verdict != "accepted"
     ]
-    counts = Counter(row[2] for row in verdict_rows)
+    counts = Counter(r.verdict for r in judged)
     links = {"MLflow run": str(summary.get("mlflow_run_id", "-"))}
     if summary.get("prefect_flow_run_id"):
         links["Prefect flow run"] = str(summary["prefect_flow_run_id"])

@@ -52,6 +52,17 @@ class BatchConfig(BaseModel):
         "batches. Bounds one batch's forget set, memory and run time, and what one failure sends back",
     )
     seed: int = 0
+    stage_retries: int = Field(
+        1,
+        ge=0,
+        le=10,
+        description="retries of a stage whose re-run is safe (split, hardness, reference, unlearn, "
+        "evaluate): a transient failure (a tracking server's hiccup, a lost GPU) does not fail the batch",
+    )
+    stage_retry_delay_s: float = Field(2.0, ge=0, description="seconds between a stage's attempts")
+    stage_timeout_s: float | None = Field(
+        None, gt=0, description="wall-clock limit of one attempt of a re-runnable stage (none by default)"
+    )
     utility_budget: float = Field(
         UTILITY_BUDGET,
         ge=0,

@@ -29,14 +29,13 @@ from hamu.evaluation import (
     plot_tradeoff,
     reference_trainer,
     shadow_query,
-    train_reference,
+    train_shadow_model,
 )
 from hamu.unlearner import StepRecord
 
 Splits = Mapping[str, tuple[Any, Any]]
 
 
-@task(name="shadow-specs", cache_policy=NO_CACHE)
 def shadow_specs(splits: Splits, k: int, seed: int, n_classes: int) -> list[ReferenceSpec]:
     """K reference-model specs trained on halves of the retain rows (never forget or test rows).
 
@@ -51,10 +50,9 @@ def shadow_specs(splits: Splits, k: int, seed: int, n_classes: int) -> list[Refe
 
 @task(name="train-shadow-reference", cache_policy=NO_CACHE)
 def train_shadow(spec: ReferenceSpec) -> ReferenceStats:
-    return train_reference(spec)
+    return train_shadow_model(spec)
 
 
-@task(name="evaluate-models", cache_policy=NO_CACHE)
 def evaluate(
     models: Mapping[str, nn.Module],
     splits: Splits,
@@ -105,7 +103,6 @@ def own_inputs(
     return out
 
 
-@task(name="plots", cache_policy=NO_CACHE)
 def make_plots(
     evaluation: Evaluation, history: Sequence[StepRecord], tensor_names: Sequence[str], method: str, out: Path
 ) -> dict[str, Path]:

@@ -22,6 +22,7 @@ STAGES = (
     "receipts",
     "close-requests",
     "close",
+    "reject",
 )
 
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch.nn.functional as F
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
 from hamu.core.transform import HamuConfig
 from hamu.decision import CostEstimate, Decision, decide
@@ -16,7 +14,6 @@ from tasks.loaders import batches
 from tasks.models import ServedModel
 
 
-@task(name="assess-hardness", cache_policy=NO_CACHE)
 def assess(
     champion: ServedModel, retain: tuple[Any, Any], forget: tuple[Any, Any], config: BatchConfig
 ) -> tuple[HardnessReport, float]:
@@ -42,7 +39,6 @@ def assess(
     return report, report.seconds_per_step
 
 
-@task(name="gate", cache_policy=NO_CACHE)
 def gate(
     report: HardnessReport,
     seconds_per_step: float,

@@ -6,12 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from mlflow.entities.model_registry import ModelVersion
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
 from hamu.audit import KeyedHasher
 from hamu.drift import DriftState
-from hamu.lineage import ErasureManifest, ForgetPlan, plan_forget
+from hamu.lineage import ErasureManifest
 from tasks.models import ServedModel
 from tasks.tracking import MANIFEST_FILE, checkpoint_folder
 
@@ -31,14 +29,3 @@ def still_carried(version: ModelVersion, erased_record_ids: set[str], hasher: Ke
 
 def drift_of(model: ServedModel) -> DriftState:
     return DriftState.from_tags(model.tags)
-
-
-@task(name="plan-forget", cache_policy=NO_CACHE)
-def plan_batch(
-    train_ids: list[str],
-    accepted: list[str],
-    erased_before: set[str],
-    source: ServedModel,
-    hasher: KeyedHasher,
-) -> ForgetPlan:
-    return plan_forget(train_ids, accepted, erased_before, source.manifest, hasher.hash)

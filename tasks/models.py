@@ -203,7 +203,6 @@ def load_version(name: str, version: str) -> ServedModel:
     )
 
 
-@task(name="retrained-reference", cache_policy=NO_CACHE)
 def retrained_reference(
     paths: StatePaths, split: Split, champion: ServedModel, *, train: bool, progress: bool = False
 ) -> tuple[TrainedModel | None, str, float]:
@@ -262,6 +261,11 @@ def _single_file_dir(path: Path) -> Iterator[Path]:
         yield folder
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def model_digest(model: nn.Module) -> str:
+    """SHA-256 of a model's weights (name, dtype, shape, bytes), as stored in its checkpoint."""
+    return tensors_digest({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()})
 
 
 def _flat(d: dict[str, Any]) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from mlflow.entities.model_registry import ModelVersion
 from hamu.audit import KeyedHasher, Ledger, LedgerRecord
 from hamu.audit.provenance import file_sha256
 from hamu.promotion import PromotionDecision, decide_promotion, lineage_gates
-from hamu.requests import RequestQueue, Status
+from hamu.requests import JudgedRequest, RequestQueue, Status
 from hamu.verdict import GatePolicy, RunFacts, Verdict, decide
 from tasks.audit import BatchAudit
 from tasks.registration import refresh_model_card
@@ -172,7 +172,7 @@ def promote(
         client.set_model_version_tag(name, number, "evidence_override", override_reason[:500])
     client.set_registered_model_alias(name, "champion", number)
     erased = queue.mark_served(served, number)
-    rows = [(r.request_id, r.record_id, "erased", "") for r in flipped]
+    rows = [JudgedRequest(r.request_id, r.record_id, "erased", "") for r in flipped]
     if rows:
         audit.issue_receipts(
             rows,

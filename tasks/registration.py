@@ -22,8 +22,6 @@ from mlflow import MlflowClient
 from mlflow.data.http_dataset_source import HTTPDatasetSource
 from mlflow.data.meta_dataset import MetaDataset
 from mlflow.entities.model_registry import ModelVersion
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 from torch import nn
 
 from hamu.audit.model_card import VersionEntry, card_description, history_document, history_markdown
@@ -45,7 +43,6 @@ def log_dataset_digests(digests: Mapping[str, str], dataset: str, sizes: Mapping
         mlflow.log_input(meta, context=part)
 
 
-@task(name="register-candidate", cache_policy=NO_CACHE)
 def register_candidate(
     *,
     name: str,
@@ -71,7 +68,6 @@ def register_candidate(
         shutil.rmtree(folder, ignore_errors=True)
 
 
-@task(name="complete-candidate", cache_policy=NO_CACHE)
 def complete_candidate(name: str, version: str) -> None:
     """The batch's requests are closed: mark the version completed and point ``candidate`` at it."""
     MlflowClient().set_model_version_tag(name, version, "batch_status", "completed")

@@ -18,8 +18,6 @@ import torch
 import torch.nn.functional as F
 from mlflow import MlflowClient
 from mlflow.entities import Metric
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
 from hamu import StepRecord, UnlearnResult, unlearn
 from hamu.controller import ForgetTarget, TargetResult, mean_loss, unlearn_to_target
@@ -70,7 +68,6 @@ def _fixed_slice(data: tuple[Any, Any], rows: int, seed: int) -> list[tuple[Any,
     return [(data[0][index], data[1][index])]
 
 
-@task(name="forget-target", cache_policy=NO_CACHE)
 def forget_target(
     champion: ServedModel,
     reference_model: torch.nn.Module,
@@ -86,7 +83,6 @@ def forget_target(
     return ForgetTarget(loss=loss, tolerance=tolerance, check_every=check_every)
 
 
-@task(name="unlearn", cache_policy=NO_CACHE)
 def run_unlearning(
     champion: ServedModel,
     retain: tuple[Any, Any],

@@ -31,13 +31,12 @@ import numpy as np
 import pandas as pd
 from great_expectations.data_context.types.base import ProgressBarsConfig
 from great_expectations.expectations.expectation_configuration import ExpectationConfiguration
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
 from hamu.requests import (
     RECORD_ID_PATTERN,
     REQUEST_ID_PATTERN,
     REQUIRED_COLUMNS,
+    JudgedRequest,
     Reason,
     Request,
     Verdict,
@@ -126,6 +125,13 @@ class ValidationOutcome:
     def accepted(self) -> pd.DataFrame:
         """The accepted rows only (one per record)."""
         return self.verdicts[self.verdicts["verdict"] == Verdict.ACCEPTED.value]
+
+    def judged(self) -> tuple[JudgedRequest, ...]:
+        """Every request with its verdict, in input order: the form the rest of the batch passes on."""
+        columns = (self.verdicts[c] for c in VERDICT_COLUMNS)
+        return tuple(
+            JudgedRequest(str(q), str(r), str(v), str(why)) for q, r, v, why in zip(*columns, strict=True)
+        )
 
 
 def load_suite_spec(name: str, *, suites_dir: Path | None = None) -> SuiteSpec:
@@ -361,6 +367,3 @@ def validate_requests(
     spec = load_suite_spec(REQUEST_SUITE, suites_dir=suites_dir)
     verdicts, frame = compute_verdicts(requests_df, manifest_ids, erased_ids)
     return ValidationOutcome(verdicts=verdicts, suite=run_suite(spec, frame))
-
-
-validate_requests_task = task(name="validate-requests", cache_policy=NO_CACHE)(validate_requests)

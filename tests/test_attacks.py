@@ -26,7 +26,7 @@ from hamu.evaluation import (
     roc_curve,
     run_references,
     tpr_at_fpr,
-    train_reference,
+    train_shadow_model,
 )
 from hamu.evaluation.bootstrap import Resampler
 from hamu.evaluation.metrics import ScoreGrid, summarise_counts
@@ -242,8 +242,8 @@ def test_reference_specs_pickle_and_train_the_same(digits: dict[str, object]) ->
     assert isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor) and isinstance(trainer, MLPTrainer)
     small = MLPTrainer(trainer.inputs, trainer.targets, n_classes=10, steps=30)
     spec = make_reference_specs((x[:50], y[:50]), train_fn=small, candidates=np.arange(100, 400), k=2)[0]
-    direct = train_reference(spec)
-    again = train_reference(pickle.loads(pickle.dumps(spec)))
+    direct = train_shadow_model(spec)
+    again = train_shadow_model(pickle.loads(pickle.dumps(spec)))
     np.testing.assert_array_equal(direct.phi, again.phi)
     assert direct.n_train == 150 and direct.phi.shape == (50,)
 

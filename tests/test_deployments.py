@@ -78,15 +78,15 @@ def test_deploy_and_run_through_a_worker(tmp_path: Path) -> None:
         for name in (
             "deletion-batch/deletion-batch",
             "deletion-batch/unlearn",
-            "train-reference/train-reference",
+            "train-original/train-original",
         ):
             assert run("deployment", "inspect", name).returncode == 0, name
-        started = run("deployment", "run", "train-reference/train-reference", "--param", "preset=digits-cpu")
+        started = run("deployment", "run", "train-original/train-original", "--param", "preset=digits-cpu")
         assert started.returncode == 0, started.stderr[-2000:]
         worker = run("worker", "start", "--pool", "gpu", "--run-once", timeout=400)
         assert worker.returncode == 0, worker.stdout[-2000:] + worker.stderr[-2000:]
         listed = run("flow-run", "ls", "--state", "COMPLETED")
-        assert "train-reference" in listed.stdout and "COMPLETED" in listed.stdout, listed.stdout
+        assert "train-original" in listed.stdout and "COMPLETED" in listed.stdout, listed.stdout
         assert (tmp_path / "hamu" / "models" / "digits-cpu" / "original.safetensors").exists()
     finally:
         server.terminate()

@@ -146,7 +146,7 @@ def test_task_times_on_the_device_the_unlearning_task_uses(
 
     monkeypatch.setattr(hamu.hardness, "resolve_device", spy)
     model, retain, forget = digits
-    report, per_step = assess.fn(_champion(model, 480, 1.0), retain, forget, _batch_config("gdiff"))
+    report, per_step = assess(_champion(model, 480, 1.0), retain, forget, _batch_config("gdiff"))
     # tasks.unlearning.run_unlearning runs on device="auto" (CUDA when present)
     assert asked == ["auto"]
     assert torch.device(report.device).type == resolve_device("auto").type
@@ -190,7 +190,7 @@ def test_task_times_the_batch_method_with_the_runs_options(
 ) -> None:
     model, retain, forget = digits
     steps = count_steps("neggrad+")
-    report, _ = assess.fn(_champion(model, 480, 1.0), retain, forget, _batch_config("neggrad+"))
+    report, _ = assess(_champion(model, 480, 1.0), retain, forget, _batch_config("neggrad+"))
     assert report.method == "neggrad+" and steps() == report.timed_steps + 1 == 2 + 1
 
 
@@ -244,7 +244,7 @@ def test_gate_task_sends_only_hamu_to_retraining_on_hamu_infeasibility(
     model, retain, _ = digits
     report = dataclasses.replace(infeasible["gdiff"], method=method)
     cfg = _batch_config(method, cost_aware=False)
-    decision = gate.fn(report, report.seconds_per_step, _champion(model, 480, 1.0), len(retain[1]), cfg, [])
+    decision = gate(report, report.seconds_per_step, _champion(model, 480, 1.0), len(retain[1]), cfg, [])
     assert decision.action == action and decision.verdict == "infeasible"
 
 
@@ -257,12 +257,12 @@ def test_gate_follows_the_timed_estimate(
 ) -> None:
     model, retain, forget = digits
     cfg = _batch_config("gdiff")
-    report, per_step = assess.fn(_champion(model, 480, 1.0), retain, forget, cfg)
+    report, per_step = assess(_champion(model, 480, 1.0), retain, forget, cfg)
     assert per_step > 0 and math.isfinite(per_step)
     # a recorded training time `ratio` times the predicted unlearning budget (scaled to the retain set)
     train_seconds = ratio * per_step * cfg.max_steps * 480 / len(retain[1])
     champion = _champion(model, 480, train_seconds)
-    decision = gate.fn(report, per_step, champion, len(retain[1]), cfg, [])
+    decision = gate(report, per_step, champion, len(retain[1]), cfg, [])
     assert decision.action == action
     assert decision.cost is not None
     assert decision.cost.unlearn_seconds == pytest.approx(per_step * cfg.max_steps)

@@ -146,10 +146,11 @@ def test_report_is_filed_in_audit_mlflow_and_model_card(batch_run: dict, home: P
     flow_run = by_step["claim"]["prefect_flow_run_id"]
     assert all(refs.get("prefect_flow_run_id") == flow_run for refs in by_step.values())
     assert by_step["validate"]["mlflow_run_id"] == summary["mlflow_run_id"]
-    for step, task_name in [("claim", "claim-batch"), ("validate", "validate-requests"), ("hardness", "gate"),
-                            ("unlearn", "unlearn"), ("evaluate", "evaluate-models"),
-                            ("register", "register-candidate")]:  # fmt: skip
-        assert by_step[step].get(f"prefect_task_run:{task_name}"), (step, by_step[step])
+    # every stage's record names the task run of the stage that wrote it (one Prefect task per stage)
+    for step in ("claim", "validate", "split", "hardness", "reference", "unlearn", "evaluate", "register",
+                 "report"):  # fmt: skip
+        assert by_step[step].get(f"prefect_task_run:{step}"), (step, by_step[step])
+        assert by_step[step]["prefect_task_run_id"] == by_step[step][f"prefect_task_run:{step}"]
     run_files = {
         f.path for f in MlflowClient().list_artifacts(summary["mlflow_run_id"], "report") if not f.is_dir
     }

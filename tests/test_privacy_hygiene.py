@@ -16,7 +16,6 @@ from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
 from unittest import mock
 
 import datasets
@@ -147,15 +146,6 @@ def test_home_is_private_and_databases_are_owner_only(private_env: Path) -> None
 
 
 # ------------------------------------------------------------------------------------ failure text
-def _direct_audit(*args: Any, **kwargs: Any) -> Any:
-    """A ``BatchAudit`` whose ``run`` calls the task's function directly: no Prefect server for one claim."""
-    from tasks.audit import BatchAudit
-
-    audit = BatchAudit(*args, **kwargs)
-    audit.run = lambda task, *a, **k: task.fn(*a, **k)  # type: ignore[method-assign]
-    return audit
-
-
 def test_failed_batch_records_and_reraises_no_raw_id(
     private_env: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -163,6 +153,7 @@ def test_failed_batch_records_and_reraises_no_raw_id(
     (and in the exception it was raised from); the ``failed`` record and the re-raised exception, which
     Prefect logs, carry keyed forms only. Real queue, ledger and MLflow store; the stages are stubbed."""
     import flows.deletion_batch as batch
+    import tasks.stages.session as session
     from hamu.requests import RequestQueue, Status
     from tasks.recovery import RecoveryReport
 
@@ -191,11 +182,12 @@ def test_failed_batch_records_and_reraises_no_raw_id(
                 f"bad row {first_rec}: shape mismatch (also {carried}.) [{first_req}]"
             ) from inner
 
-    monkeypatch.setattr(batch, "BatchAudit", _direct_audit)
-    monkeypatch.setattr(batch, "recover_dead_batches", lambda *a: RecoveryReport())
-    monkeypatch.setattr(batch, "load_preset_data", lambda preset: SimpleNamespace(manifest_ids=manifest_ids))
-    monkeypatch.setattr(batch, "ensure_champion", lambda *a: SimpleNamespace(version="1"))
-    monkeypatch.setattr(batch, "_run_claimed", failing_stage)
+    monkeypatch.setattr(session, "recover_dead_batches", lambda *a: RecoveryReport())
+    data = SimpleNamespace(manifest_ids=manifest_ids)
+    monkeypatch.setattr(session, "load_preset_data", lambda preset: data)
+    monkeypatch.setattr(session, "ensure_champion", lambda *a: SimpleNamespace(version="1"))
+    monkeypatch.setattr(batch, "claim", batch.claim.fn)  # the claim stage's own function: no Prefect server
+    monkeypatch.setattr(batch, "validate", failing_stage)
     import mlflow
 
     previous = mlflow.get_tracking_uri()

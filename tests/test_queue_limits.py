@@ -86,7 +86,7 @@ def test_a_claim_takes_at_most_the_default_cap_oldest_first(queue: RequestQueue,
     assert ids(first) == everything[:DEFAULT_MAX_REQUESTS]  # oldest received_at first, in FIFO order
     assert ids(queue.list(Status.PENDING)) == everything[DEFAULT_MAX_REQUESTS:]
 
-    second = claim_batch.fn(queue, "b-2", BatchConfig().max_requests)  # what the flow calls
+    second = claim_batch(queue, "b-2", BatchConfig().max_requests)  # what the flow calls
     assert ids(second) == everything[DEFAULT_MAX_REQUESTS:]
     assert queue.counts()["pending"] == 0
 

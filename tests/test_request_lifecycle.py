@@ -199,7 +199,7 @@ def test_close_requests_task_reports_unlearned_not_erased(queue: RequestQueue, t
     queue.submit_file(write_requests(tmp_path, "b.csv", [("r-1", "rec-1"), ("r-2", "rec-2")]))
     queue.claim_batch("b-1")
     queue.record_verdicts("b-1", {"r-1": ("accepted", "ok"), "r-2": ("unknown", "not in manifest")})
-    assert close_requests.fn(queue, "b-1", ["r-1"], "models:/m/2") == {"unlearned": 1, "rejected": 1}
+    assert close_requests(queue, "b-1", ["r-1"], "models:/m/2") == {"unlearned": 1, "rejected": 1}
     assert statuses(queue) == {"r-1": ("unlearned", "models:/m/2"), "r-2": ("rejected", None)}
 
 

@@ -130,7 +130,7 @@ def trail(home: StatePaths, tmp_path: Path) -> Trail:
 
     from hamu.audit import ANCHOR_TAG
     from hamu.lineage import ErasureManifest
-    from hamu.requests import RequestQueue
+    from hamu.requests import JudgedRequest, RequestQueue
     from tasks.audit import BatchAudit
     from tasks.tracking import log_model_version
 
@@ -183,7 +183,7 @@ def trail(home: StatePaths, tmp_path: Path) -> Trail:
         queue.mark_unlearned("b1", claimed, v2)
         audit = BatchAudit(paths.audit, HASHER, "b1")
         audit.issue_receipts(
-            [("r-1", "rec-1", "accepted", "")], model_name="m", model_version=v2, evidence={}
+            [JudgedRequest("r-1", "rec-1", "accepted", "")], model_name="m", model_version=v2, evidence={}
         )
         client.set_registered_model_alias("m", "champion", v2)
         client.set_model_version_tag("m", v2, "previous_champion", str(v1.version))
@@ -191,7 +191,11 @@ def trail(home: StatePaths, tmp_path: Path) -> Trail:
         assert queue.mark_served(["rec-1"], v2) == 1
     audit.record("promote", decision="promoted", outputs={"model": "m", "champion": v2})
     audit.issue_receipts(
-        [("r-1", "rec-1", "erased", "")], model_name="m", model_version=v2, evidence={}, stage="served"
+        [JudgedRequest("r-1", "rec-1", "erased", "")],
+        model_name="m",
+        model_version=v2,
+        evidence={},
+        stage="served",
     )
     promoted = datetime_of(Ledger(paths.audit).records()[-2].time)
     references = {
@@ -340,7 +344,7 @@ def test_no_checkpoint_copy_is_left_in_the_system_temp_dir(
     report = tmp_path / "evaluation.json"
     report.write_text("{}")
     with mlflow.start_run():
-        version = register_candidate.fn(
+        version = register_candidate(
             name="m",
             model=build_model("mlp", in_features=4, hidden=[3], num_classes=2),
             metadata={"data_digest": "x", "featurizer": FEATURIZER},

@@ -65,7 +65,7 @@ def batch(tmp_path_factory: pytest.TempPathFactory) -> TextBatch:
     champion = ServedModel(
         "hamu-tweets", "1", trained.model, trained.metadata, trained.featurizer, checkpoint
     )
-    reference, kind, _ = retrained_reference.fn(StatePaths(home), split, champion, train=True)
+    reference, kind, _ = retrained_reference(StatePaths(home), split, champion, train=True)
     assert kind == "retrained" and reference is not None
     feat = champion.featurizer
     retain, forget, test_t = (split.tensors(p, feat) for p in ("retain", "forget", "test"))
@@ -82,7 +82,7 @@ def test_shadow_references_train_and_score_on_token_ids(batch: TextBatch) -> Non
     φ on the forget ⊕ test rows calibrates offline LiRA for every model."""
     retain_x = batch.splits["retain"][0]
     assert retain_x.dtype == torch.int64
-    specs = shadow_specs.fn(batch.splits, 2, 0, 3)
+    specs = shadow_specs(batch.splits, 2, 0, 3)
     assert all(isinstance(s.train_fn, TokenBagTrainer) for s in specs)
     stats = [train_shadow.fn(s) for s in specs]
     n_query = len(batch.split.forget) + len(batch.split.test)
@@ -96,7 +96,7 @@ def test_shadow_references_train_and_score_on_token_ids(batch: TextBatch) -> Non
     own = own_inputs(
         batch.split, {"retrained": batch.reference.featurizer}, batch.champion.featurizer, batch.keep
     )
-    evaluation = evaluate.fn(
+    evaluation = evaluate(
         models, batch.splits, reference_kind="retrained", stats=stats, digests={}, seed=0, model_inputs=own
     )
     shadow = evaluation.report.to_dict()["shadow"]
@@ -156,7 +156,7 @@ def test_reference_is_evaluated_on_its_own_vocabulary(batch: TextBatch) -> None:
     torch.testing.assert_close(own["retrained"]["retain"], reference.featurizer.encode(retain_rows))
 
     models = {"original": champion.model, "retrained": reference.model, "unlearned": champion.model}
-    evaluation = evaluate.fn(
+    evaluation = evaluate(
         models, batch.splits, reference_kind="retrained", stats=None, digests={}, seed=0, model_inputs=own
     )
     outputs = evaluation.scores.outputs

@@ -49,7 +49,8 @@ from hamu.core.layout import FlatLayout
 from hamu.core.solver import VARIANTS, ZERO_EPS, BlockCoefficients, Branch, Variant, block_coefficients
 
 Mode = Literal["layerwise", "global"]
-Split = Literal["grad-norm", "equal", "softmax", "grad-norm-unnormalised"]
+#: How the constraint budget B is shared among blocks (see :class:`HamuConfig`).
+ConstraintSplit = Literal["grad-norm", "equal", "softmax", "grad-norm-unnormalised"]
 InfeasiblePolicy = Literal["stop", "continue"]
 MODES: tuple[str, ...] = ("layerwise", "global")
 SPLITS: tuple[str, ...] = ("grad-norm", "equal", "softmax", "grad-norm-unnormalised")
@@ -74,7 +75,7 @@ class HamuConfig:
     constraint: float | None = None
     radius: float | None = None
     mode: Mode = "layerwise"
-    split: Split = "grad-norm"
+    split: ConstraintSplit = "grad-norm"
     on_infeasible: InfeasiblePolicy = "stop"
     stop_on_degradation: bool = False
 

@@ -36,7 +36,7 @@ from hamu.evaluation.shadow import (
     make_reference_specs,
     reference_trainer,
     run_references,
-    train_reference,
+    train_shadow_model,
 )
 
 if TYPE_CHECKING:
@@ -101,5 +101,5 @@ __all__ = [
     "run_references",
     "shadow_query",
     "tpr_at_fpr",
-    "train_reference",
+    "train_shadow_model",
 ]

@@ -45,7 +45,7 @@ from hamu.evaluation.metrics import (
     summarise_counts,
     tpr_key,
 )
-from hamu.evaluation.per_example import FIELDS, PerExample, Split, compute_all, validate_split
+from hamu.evaluation.per_example import FIELDS, PerExample, Rows, compute_all, validate_split
 from hamu.evaluation.report import (
     EvaluationReport,
     PerExampleScores,
@@ -131,7 +131,7 @@ class _Metric:
 
 def evaluate_models(
     models: Mapping[str, nn.Module],
-    splits: Mapping[str, Split],
+    splits: Mapping[str, Rows],
     *,
     original: str = "original",
     reference: str = "retrained",
@@ -151,7 +151,7 @@ def evaluate_models(
     ``test`` as (inputs, targets) tensors; extra splits get utility metrics only.
 
     ``shadow`` runs offline LiRA: a :class:`ShadowConfig` (references trained here), or precomputed
-    :class:`ReferenceStats` from :func:`~hamu.evaluation.shadow.train_reference` on the query rows
+    :class:`ReferenceStats` from :func:`~hamu.evaluation.shadow.train_shadow_model` on the query rows
     forget ⊕ test (see :func:`shadow_query`), e.g. fanned out by an orchestrator.
 
     ``record_ids`` (per split) are reduced to counts and digests (HMAC with ``digest_key``); ``digests`` are
@@ -241,7 +241,7 @@ def evaluate_models(
     return Evaluation(report=report, scores=scores)
 
 
-def shadow_query(splits: Mapping[str, Split]) -> Split:
+def shadow_query(splits: Mapping[str, Rows]) -> Rows:
     """The rows offline LiRA scores: forget rows then test rows, in split order."""
     forget = validate_split("forget", splits["forget"])
     test = validate_split("test", splits["test"])
@@ -253,9 +253,9 @@ def shadow_query(splits: Mapping[str, Split]) -> Split:
 
 def _own_splits(
     models: Mapping[str, nn.Module],
-    splits: Mapping[str, Split],
+    splits: Mapping[str, Rows],
     model_inputs: Mapping[str, Mapping[str, torch.Tensor]] | None,
-) -> dict[str, dict[str, Split]]:
+) -> dict[str, dict[str, Rows]]:
     """Each model's splits: the shared ones, with the inputs it brings its own encoding of swapped in.
 
     Only inputs are swapped, so every model is scored on the same rows with the same targets; an encoding
@@ -265,7 +265,7 @@ def _own_splits(
     unknown = sorted(set(given) - set(models))
     if unknown:
         raise ValueError(f"model_inputs for unknown models {unknown}; have {sorted(models)}")
-    own: dict[str, dict[str, Split]] = {}
+    own: dict[str, dict[str, Rows]] = {}
     for m in models:
         own[m] = dict(splits)
         for s, inputs in given.get(m, {}).items():
@@ -300,7 +300,7 @@ def _role(name: str, original: str, reference: str) -> str:
 
 
 def _record_digests(
-    record_ids: Mapping[str, Sequence[str]] | None, splits: Mapping[str, Split], key: bytes | None
+    record_ids: Mapping[str, Sequence[str]] | None, splits: Mapping[str, Rows], key: bytes | None
 ) -> dict[str, str]:
     out: dict[str, str] = {}
     for split, ids in (record_ids or {}).items():
@@ -414,7 +414,7 @@ def _population_attacks(
 
 def _shadow(
     shadow: ShadowConfig | Sequence[ReferenceStats] | None,
-    splits: Mapping[str, Split],
+    splits: Mapping[str, Rows],
     outputs: Mapping[str, Mapping[str, PerExample]],
     resampler: Resampler,
     metrics: dict[str, dict[str, _Metric]],

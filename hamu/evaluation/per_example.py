@@ -29,7 +29,9 @@ import numpy as np
 import torch
 from torch import nn
 
-Split = tuple[torch.Tensor, torch.Tensor]
+#: One part of a split as the models read it: (inputs, labels). Not :class:`hamu.data.Split`, which is
+#: the dataset split these tensors are encoded from.
+Rows = tuple[torch.Tensor, torch.Tensor]
 
 FIELDS = ("loss", "confidence", "entropy", "modified_entropy", "phi", "correct")
 
@@ -68,7 +70,7 @@ class PerExample:
         return value
 
 
-def validate_split(name: str, split: Any) -> Split:
+def validate_split(name: str, split: Any) -> Rows:
     """Check that a split is an (inputs, targets) pair of equal, non-zero length with integer targets."""
     if not isinstance(split, tuple | list) or len(split) != 2:
         raise ValueError(f"split {name!r} must be an (inputs, targets) pair, got {type(split).__name__}")
@@ -168,7 +170,7 @@ def per_example_from_logits(logits: torch.Tensor, targets: torch.Tensor) -> PerE
 
 def compute_per_example(
     model: nn.Module,
-    split: Split,
+    split: Rows,
     *,
     model_name: str = "model",
     split_name: str = "split",
@@ -196,7 +198,7 @@ def compute_per_example(
 
 
 def compute_all(
-    models: Mapping[str, nn.Module], splits: Mapping[str, Split], *, batch_size: int = 1024
+    models: Mapping[str, nn.Module], splits: Mapping[str, Rows], *, batch_size: int = 1024
 ) -> dict[str, dict[str, PerExample]]:
     """Per-example statistics for every (model, split) pair: ``out[model][split]``."""
     return {

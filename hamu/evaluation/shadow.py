@@ -16,7 +16,7 @@ Offline variant (no model trained *with* the targets, so it is cheap and never r
    1 − Φ(score) is the offline LiRA test of the reference document.
 
 Fan-out: training the K references is embarrassingly parallel. :func:`make_reference_specs` returns picklable
-:class:`ReferenceSpec` objects and :func:`train_reference` is a plain top-level function from a spec to
+:class:`ReferenceSpec` objects and :func:`train_shadow_model` is a plain top-level function from a spec to
 :class:`ReferenceStats`, so a caller can run them with ``map``, a process pool or an orchestrator's task map,
 then hand the stats to :meth:`OfflineLira.fit`. The training recipe is injectable (``train_fn``): any
 picklable callable ``(indices, seed) -> nn.Module`` that trains on the caller's own rows.
@@ -35,7 +35,7 @@ from torch import nn
 
 from hamu.evaluation.per_example import (
     NonFiniteOutputError,
-    Split,
+    Rows,
     collect_logits,
     per_example_from_logits,
     validate_split,
@@ -176,7 +176,7 @@ def reference_trainer(
     return MLPTrainer(inputs, targets, n_classes=n_classes)
 
 
-def query_digest(query: Split) -> str:
+def query_digest(query: Rows) -> str:
     """SHA-256 of the query rows, used only to check that reference stats belong to these rows.
 
     It is never written to a report (it is a fingerprint of forget-set content).
@@ -216,7 +216,7 @@ class ReferenceStats:
 
 
 def make_reference_specs(
-    query: Split,
+    query: Rows,
     *,
     train_fn: TrainFn,
     candidates: np.ndarray | Sequence[int] | int,
@@ -258,7 +258,7 @@ def make_reference_specs(
     return specs
 
 
-def train_reference(spec: ReferenceSpec) -> ReferenceStats:
+def train_shadow_model(spec: ReferenceSpec) -> ReferenceStats:
     """Train one reference model and return its φ on the query rows. Top-level so that it pickles."""
     previous = torch.get_num_threads()
     if spec.num_threads is not None:
@@ -285,7 +285,7 @@ def train_reference(spec: ReferenceSpec) -> ReferenceStats:
 def run_references(specs: Sequence[ReferenceSpec], *, map_fn: MapFn | None = None) -> list[ReferenceStats]:
     """Train every reference with ``map_fn`` (default: the built-in sequential ``map``)."""
     mapper: MapFn = map_fn or map
-    return list(mapper(train_reference, specs))
+    return list(mapper(train_shadow_model, specs))
 
 
 @dataclass(frozen=True)

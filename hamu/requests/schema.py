@@ -217,6 +217,26 @@ requests_table = Table(
 
 
 @dataclass(frozen=True, slots=True)
+class JudgedRequest:
+    """A request with its verdict: the one form a request keeps from validation to its receipts.
+
+    Validation makes it; the queue records its verdict, the batch report and the receipts read it, and
+    promotion issues the *served* receipts from it (verdict ``erased``). Raw IDs live only here and in the
+    queue; everything written for the trail carries their keyed hashes.
+    """
+
+    request_id: str
+    record_id: str
+    verdict: str
+    reason: str
+
+    @property
+    def accepted(self) -> bool:
+        """Whether the request names a record a model version no longer carries (or soon won't)."""
+        return self.verdict in (Verdict.ACCEPTED.value, Status.ERASED.value)
+
+
+@dataclass(frozen=True, slots=True)
 class Request:
     """One deletion request as read from the queue (a detached snapshot, safe to pass between layers).
 

@@ -8,8 +8,8 @@ from prefect import flow
 from tasks.env import configure_environment
 
 
-@flow(name="train-reference")
-def train_reference(preset: str = "fashion-mnist-cpu", model_name: str | None = None) -> dict[str, str]:
+@flow(name="train-original")
+def train_original(preset: str = "fashion-mnist-cpu", model_name: str | None = None) -> dict[str, str]:
     paths = configure_environment()
     from tasks.models import ensure_champion, load_preset_data
     from tasks.tracking import ensure_experiment
