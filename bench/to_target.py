@@ -5,9 +5,11 @@ Why: a deletion batch may ship an unlearned model only when it is as forgotten a
 the data (and no more), and it is only worth shipping when that costs less than the retrain. For each preset
 (and training budget): train the original on retain ∪ forget and the reference on retain (timed), set the
 forget target from the two models' forget losses with the forget-loss gate's band
-(:func:`hamu.verdict.forget_loss_target`), drive HAMU-Q to it with :func:`hamu.unlearn_to_target` (timed,
+(:func:`hamu.governance.verdict.forget_loss_target`), drive HAMU-Q to it with :func:`hamu.unlearn_to_target`
+(timed,
 per step budget), then evaluate original / reference / candidate and judge the candidate with
-:func:`hamu.verdict.decide` (population attacks, no LiRA shadows: the LiRA gate is not part of this table).
+:func:`hamu.governance.verdict.decide` (population attacks, no LiRA shadows: the LiRA gate is not part of
+this table).
 
 Usage: python bench/to_target.py [--preset fashion-mnist-cpu] [--epochs 20] [--budgets 100,300]
 """
@@ -29,8 +31,8 @@ from common import batches, machine, machine_line, set_threads, table, write_jso
 from hamu import ForgetTarget, UnlearnConfig, unlearn_to_target
 from hamu.controller import mean_loss
 from hamu.evaluation import EvaluationConfig, compute_per_example, evaluate_models
+from hamu.governance.verdict import RunFacts, decide, forget_loss_target
 from hamu.train import get_preset, preset_split, train_model
-from hamu.verdict import RunFacts, decide, forget_loss_target
 
 
 def main() -> None:

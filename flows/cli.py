@@ -51,8 +51,8 @@ def requests_submit(
     """
     from rich.markup import escape
 
-    from hamu.requests import RequestFileError, RequestQueue
-    from hamu.requests.intake import remove_accepted_file
+    from hamu.governance.requests import RequestFileError, RequestQueue
+    from hamu.governance.requests.intake import remove_accepted_file
 
     paths = configure_environment()
     with RequestQueue(paths.requests_url) as queue:
@@ -106,7 +106,7 @@ def requests_list(
     """
     from datetime import UTC, datetime
 
-    from hamu.requests import RequestQueue
+    from hamu.governance.requests import RequestQueue
 
     if status is not None and status not in _LISTABLE:
         err.print(f"unknown status {status!r}; accepted: {', '.join(_LISTABLE)}")
@@ -145,7 +145,7 @@ def _promotion_deadline(days: float | None) -> Any:
     """
     import os
 
-    from hamu.requests import PROMOTION_DEADLINE_ENV, promotion_deadline
+    from hamu.governance.requests import PROMOTION_DEADLINE_ENV, promotion_deadline
 
     value: float | str | None = days
     source = "--deadline-days"
@@ -285,8 +285,8 @@ def audit_verify() -> None:
     receipt; a version, alias, checkpoint or erasure manifest the ledger does not vouch for; a request the
     queue calls unlearned or erased without its receipt.
     """
-    from hamu.audit import KeyedHasher, verify_ledger
-    from hamu.requests import RequestQueue
+    from hamu.governance.audit import KeyedHasher, verify_ledger
+    from hamu.governance.requests import RequestQueue
     from tasks.tracking import ensure_experiment
     from tasks.trail import cross_check
 
@@ -319,7 +319,7 @@ def _trusted_key(paths: Any) -> bytes:
     registered manifest, which receipts exist); a line appended without the key must not count. A torn
     tail left by a crash is repaired first (and recorded), so a crash never blocks these commands.
     """
-    from hamu.audit import AuditKeyError, Ledger, verify_ledger
+    from hamu.governance.audit import AuditKeyError, Ledger, verify_ledger
 
     key = _existing_key(paths)
     ledger = Ledger(paths.audit, key=key)
@@ -342,7 +342,7 @@ def _trusted_key(paths: Any) -> bytes:
 
 def _existing_key(paths: Any) -> bytes:
     """The audit key, or exit 2 naming what is missing: read commands never create one."""
-    from hamu.audit import AuditKeyError, load_key
+    from hamu.governance.audit import AuditKeyError, load_key
 
     try:
         return load_key(paths.home)
@@ -356,7 +356,7 @@ def audit_trace(
     request_id: str = typer.Argument(..., help="the raw request ID (hashed with the key)"),
 ) -> None:
     """Print a request's path: its receipt(s) and every ledger record of its batch."""
-    from hamu.audit import KeyedHasher, Ledger, ReceiptStore
+    from hamu.governance.audit import KeyedHasher, Ledger, ReceiptStore
 
     paths = configure_environment()
     hashed = KeyedHasher(_trusted_key(paths)).hash(request_id)
@@ -365,7 +365,7 @@ def audit_trace(
     if not receipts:
         err.print(f"no receipt for this request ({hashed[:24]}…): not yet handled, or unknown")
         raise typer.Exit(1)
-    from hamu.requests import RequestQueue
+    from hamu.governance.requests import RequestQueue
 
     with RequestQueue(paths.requests_url) as queue:
         request = queue.get(request_id)
@@ -384,7 +384,7 @@ def audit_trace(
 
 # ---------------------------------------------------------------------------------------------- promotion
 def _audit_for(batch_id: str) -> Any:
-    from hamu.audit import KeyedHasher
+    from hamu.governance.audit import KeyedHasher
     from tasks.audit import BatchAudit
 
     paths = configure_environment()
@@ -407,7 +407,7 @@ def promote(
     utility_budget: float | None = typer.Option(
         None,
         help="largest allowed test-accuracy drop vs the retrained reference "
-        "[default: hamu.verdict.UTILITY_BUDGET]",
+        "[default: hamu.governance.verdict.UTILITY_BUDGET]",
         show_default=False,
     ),
     accept_insufficient_evidence: bool = typer.Option(
@@ -422,9 +422,9 @@ def promote(
     A refused promotion changes nothing (aliases, queue and ledger stay as they were) and names every
     gate that did not pass.
     """
-    from hamu.promotion import PromotionInputError, check_override
-    from hamu.requests import RequestQueue
-    from hamu.verdict import GatePolicy
+    from hamu.governance.promotion import PromotionInputError, check_override
+    from hamu.governance.requests import RequestQueue
+    from hamu.governance.verdict import GatePolicy
     from tasks.promotion import PromotionRefused, candidate_version, judge, read_batch
     from tasks.promotion import promote as promote_version
     from tasks.tracking import ensure_experiment
@@ -486,7 +486,7 @@ def rollback(model: str = typer.Option(..., "--model", help="registered model na
     """
     from mlflow import MlflowClient
 
-    from hamu.requests import RequestQueue
+    from hamu.governance.requests import RequestQueue
     from tasks.promotion import removed_by
     from tasks.tracking import alias_version, ensure_experiment
     from tasks.trail import ManifestMismatch
@@ -542,8 +542,8 @@ def retention_apply(
 
     import mlflow
 
-    from hamu.audit import KeyedHasher, Ledger, verify_ledger
-    from hamu.requests import RequestQueue
+    from hamu.governance.audit import KeyedHasher, Ledger, verify_ledger
+    from hamu.governance.requests import RequestQueue
     from tasks.audit import BatchAudit
     from tasks.retention import apply_retention, plan_retention, retention_batch_id
 

@@ -27,8 +27,8 @@ def run_demo(
     start = time.perf_counter()
     from flows.config import BatchConfig
     from flows.deletion_batch import deletion_batch
-    from hamu.requests import RequestQueue
-    from hamu.requests.intake import remove_accepted_file
+    from hamu.governance.requests import RequestQueue
+    from hamu.governance.requests.intake import remove_accepted_file
     from tasks.models import load_preset_data
 
     data = load_preset_data(preset)

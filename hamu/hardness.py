@@ -4,7 +4,8 @@ Samples a few paired retain/forget gradient batches on the current model (no upd
 reports what HAMU's geometry says about the request: κ = g_r·g_f globally and per tensor, the thresholds
 κ1 and κ2, whether the requested forget improvement is feasible, the predicted first-order retain change
 of the best feasible step, and whether retain degradation is unavoidable. A pipeline gate turns this into
-"unlearn" or "retrain exactly" (:mod:`hamu.decision`); HAMU's verdict binds only runs of a HAMU method.
+"unlearn" or "retrain exactly" (:mod:`hamu.governance.decision`); HAMU's verdict binds only runs of a HAMU
+method.
 
 It also times the step of the method the run will use (``method``, built by the method registry and run
 by :class:`~hamu.unlearner.Unlearner`, as :func:`~hamu.unlearn` does) on the device the run will use

@@ -12,8 +12,8 @@ from typing import Any
 
 from prefect.context import get_run_context
 
-from hamu.audit import ErasureReceipt, KeyedHasher, Ledger, LedgerRecord, ReceiptStore, file_sha256
-from hamu.requests import JudgedRequest
+from hamu.governance.audit import ErasureReceipt, KeyedHasher, Ledger, LedgerRecord, ReceiptStore, file_sha256
+from hamu.governance.requests import JudgedRequest
 
 _TOKEN = re.compile(r"[^\s'\"`,;()]+")
 

@@ -1,5 +1,6 @@
 """Write the per-batch report (Markdown + HTML) into the audit trail and the MLflow run, and link it from a
-Prefect artifact. The content is rendered by :mod:`hamu.audit.batch_report`; this task only gathers the
+Prefect artifact. The content is rendered by :mod:`hamu.governance.audit.batch_report`; this task only
+gathers the
 batch's aggregates, redacts IDs, and files the result in the three places reviewers look."""
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ from typing import Any
 import mlflow
 from prefect.artifacts import create_link_artifact
 
-from hamu.audit.batch_report import BatchReportInput, render_html, render_markdown
-from hamu.requests import JudgedRequest
+from hamu.governance.audit.batch_report import BatchReportInput, render_html, render_markdown
+from hamu.governance.requests import JudgedRequest
 from tasks.audit import BatchAudit, redact_ids
 
 

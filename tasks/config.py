@@ -9,11 +9,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator
 
-from hamu.drift import DriftBudget
+from hamu.governance.drift import DriftBudget
+from hamu.governance.requests import DEFAULT_MAX_REQUESTS
+from hamu.governance.verdict import UTILITY_BUDGET, GatePolicy
 from hamu.methods import HAMU_METHODS, METHODS
-from hamu.requests import DEFAULT_MAX_REQUESTS
 from hamu.unlearner import UnlearnConfig
-from hamu.verdict import UTILITY_BUDGET, GatePolicy
 
 #: Where a batch's unlearning runs (``auto``: CUDA when present); the hardness task times its steps there.
 RUN_DEVICE = "auto"

@@ -15,8 +15,8 @@ import re
 from collections.abc import Collection, Iterator
 from pathlib import Path
 
-from hamu.audit import KeyedHasher
-from hamu.requests import RequestQueue
+from hamu.governance.audit import KeyedHasher
+from hamu.governance.requests import RequestQueue
 from tasks.audit import BatchAudit, redact_ids
 from tasks.recovery import clean_up_failed_batch
 

@@ -7,7 +7,7 @@ from typing import Any
 import torch.nn.functional as F
 
 from hamu.core.transform import HamuConfig
-from hamu.decision import CostEstimate, Decision, decide
+from hamu.governance.decision import CostEstimate, Decision, decide
 from hamu.hardness import HardnessReport, assess_hardness
 from tasks.config import RUN_DEVICE, BatchConfig
 from tasks.loaders import batches

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from hamu.requests import Request, RequestQueue
+from hamu.governance.requests import Request, RequestQueue
 
 
 def claim_batch(queue: RequestQueue, batch_id: str, limit: int | None) -> list[Request]:

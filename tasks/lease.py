@@ -7,7 +7,8 @@ leave it its claims. The ``flock`` of :mod:`tasks.locks` stays the liveness test
 what another host, or a pod with its own ``work/``, can see.
 
 A lost lease (expired, or the claims released) is final: the thread logs it and stops, and the batch's
-close is then refused by the queue (:class:`~hamu.requests.LeaseLostError`), so it cannot report requests
+close is then refused by the queue (:class:`~hamu.governance.requests.LeaseLostError`), so it cannot report
+requests
 that another batch may be handling. The thread never kills the batch itself.
 """
 
@@ -19,7 +20,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 
-from hamu.requests import LeaseLostError, RequestQueue
+from hamu.governance.requests import LeaseLostError, RequestQueue
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,6 @@
 """Erasure lineage and drift of registered versions: read a version's erasure manifest and drift state,
-and plan what a batch must forget from its source model (see :mod:`hamu.lineage`, :mod:`hamu.drift`)."""
+and plan what a batch must forget from its source model (see :mod:`hamu.governance.lineage`,
+:mod:`hamu.governance.drift`)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,9 @@ from pathlib import Path
 
 from mlflow.entities.model_registry import ModelVersion
 
-from hamu.audit import KeyedHasher
-from hamu.drift import DriftState
-from hamu.lineage import ErasureManifest
+from hamu.governance.audit import KeyedHasher
+from hamu.governance.drift import DriftState
+from hamu.governance.lineage import ErasureManifest
 from tasks.models import ServedModel
 from tasks.tracking import MANIFEST_FILE, checkpoint_folder
 

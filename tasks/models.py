@@ -21,10 +21,10 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from torch import nn
 
-from hamu.audit import ANCHOR_TAG, Ledger, LedgerRecord, load_or_create_key
 from hamu.data import Split, record_ids
 from hamu.data.tensors import Featurizer
-from hamu.lineage import ErasureManifest
+from hamu.governance.audit import ANCHOR_TAG, Ledger, LedgerRecord, load_or_create_key
+from hamu.governance.lineage import ErasureManifest
 from hamu.models import load_checkpoint
 from hamu.models.checkpoint import tensors_digest
 from hamu.train import TrainedModel, get_preset, preset_data, train_model

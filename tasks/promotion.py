@@ -1,7 +1,8 @@
 """Promotion: the one place where ``champion`` moves forward and requests become ``erased``.
 
 The evidence is re-judged from the files the batch left (its evaluation report, checked against the digest
-in its ledger record, and the facts of its unlearning record), by the same :func:`hamu.verdict.decide` the
+in its ledger record, and the facts of its unlearning record), by the same
+:func:`hamu.governance.verdict.decide` the
 batch used. A refused promotion changes nothing: aliases, queue and ledger stay exactly as they were.
 """
 
@@ -15,11 +16,11 @@ from typing import Any
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 
-from hamu.audit import KeyedHasher, Ledger, LedgerRecord
-from hamu.audit.provenance import file_sha256
-from hamu.promotion import PromotionDecision, decide_promotion, lineage_gates
-from hamu.requests import JudgedRequest, RequestQueue, Status
-from hamu.verdict import GatePolicy, RunFacts, Verdict, decide
+from hamu.governance.audit import KeyedHasher, Ledger, LedgerRecord
+from hamu.governance.audit.provenance import file_sha256
+from hamu.governance.promotion import PromotionDecision, decide_promotion, lineage_gates
+from hamu.governance.requests import JudgedRequest, RequestQueue, Status
+from hamu.governance.verdict import GatePolicy, RunFacts, Verdict, decide
 from tasks.audit import BatchAudit
 from tasks.registration import refresh_model_card
 from tasks.tracking import alias_version

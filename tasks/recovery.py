@@ -36,8 +36,8 @@ from mlflow import MlflowClient
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from hamu.audit import KeyedHasher, Ledger
-from hamu.requests import RequestQueue, Status, is_valid_batch_id
+from hamu.governance.audit import KeyedHasher, Ledger
+from hamu.governance.requests import RequestQueue, Status, is_valid_batch_id
 from tasks.audit import BatchAudit
 from tasks.locks import BatchLock
 

@@ -24,8 +24,13 @@ from mlflow.data.meta_dataset import MetaDataset
 from mlflow.entities.model_registry import ModelVersion
 from torch import nn
 
-from hamu.audit.model_card import VersionEntry, card_description, history_document, history_markdown
-from hamu.lineage import ErasureManifest
+from hamu.governance.audit.model_card import (
+    VersionEntry,
+    card_description,
+    history_document,
+    history_markdown,
+)
+from hamu.governance.lineage import ErasureManifest
 from hamu.models import save_checkpoint
 from tasks.lineage import MANIFEST_FILE
 from tasks.tracking import log_flat_dict, log_model_version, set_alias

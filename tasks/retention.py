@@ -45,7 +45,7 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
-from hamu.audit import KeyedHasher, LedgerRecord, file_sha256
+from hamu.governance.audit import KeyedHasher, LedgerRecord, file_sha256
 from tasks.audit import BatchAudit
 from tasks.env import StatePaths
 from tasks.promotion import removed_by

@@ -1,7 +1,8 @@
 """Cross-check the ledger against everything it describes: MLflow versions, aliases and tags, checkpoints,
 erasure manifests, receipts and the request queue.
 
-``hamu audit verify`` runs :func:`hamu.audit.verify_ledger` (the keyed chain and its artifacts) and then
+``hamu audit verify`` runs :func:`hamu.governance.audit.verify_ledger` (the keyed chain and its artifacts)
+and then
 these checks, and names every disagreement. Each check compares a fact held outside the ledger with what
 the ledger recorded when that fact was made:
 
@@ -26,11 +27,19 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from safetensors.torch import load_file
 
-from hamu.audit import ANCHOR_TAG, Anchor, KeyedHasher, Ledger, LedgerRecord, anchor_problem, check_receipts
-from hamu.audit.receipts import referenced_receipts
-from hamu.lineage import ErasureManifest, LineageError
+from hamu.governance.audit import (
+    ANCHOR_TAG,
+    Anchor,
+    KeyedHasher,
+    Ledger,
+    LedgerRecord,
+    anchor_problem,
+    check_receipts,
+)
+from hamu.governance.audit.receipts import referenced_receipts
+from hamu.governance.lineage import ErasureManifest, LineageError
+from hamu.governance.requests import Request, Status
 from hamu.models.checkpoint import tensors_digest
-from hamu.requests import Request, Status
 from tasks.lineage import MANIFEST_FILE
 from tasks.tracking import checkpoint_folder, checkpoint_present
 

@@ -2,7 +2,8 @@
 
 With a forget target (the default in the batch flow) the run is driven by :func:`hamu.unlearn_to_target`
 until the forget loss on a fixed slice of the forget rows is within the target's band of the retrained
-reference's; the target itself comes from :func:`hamu.verdict.forget_loss_target`, the same band rule as
+reference's; the target itself comes from :func:`hamu.governance.verdict.forget_loss_target`, the same band
+rule as
 the ``forget-loss`` gate.
 """
 
@@ -22,7 +23,7 @@ from mlflow.entities import Metric
 from hamu import StepRecord, UnlearnResult, unlearn
 from hamu.controller import ForgetTarget, TargetResult, mean_loss, unlearn_to_target
 from hamu.evaluation import compute_per_example
-from hamu.verdict import GatePolicy, forget_loss_target
+from hamu.governance.verdict import GatePolicy, forget_loss_target
 from tasks.config import BatchConfig
 from tasks.loaders import batches
 from tasks.models import ServedModel

@@ -32,7 +32,7 @@ import pandas as pd
 from great_expectations.data_context.types.base import ProgressBarsConfig
 from great_expectations.expectations.expectation_configuration import ExpectationConfiguration
 
-from hamu.requests import (
+from hamu.governance.requests import (
     RECORD_ID_PATTERN,
     REQUEST_ID_PATTERN,
     REQUIRED_COLUMNS,

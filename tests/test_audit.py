@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from hamu.audit import (
+from hamu.governance.audit import (
     ErasureReceipt,
     KeyedHasher,
     Ledger,
@@ -18,7 +18,7 @@ from hamu.audit import (
     load_or_create_key,
     verify_ledger,
 )
-from hamu.audit.keys import AuditKeyError
+from hamu.governance.audit.keys import AuditKeyError
 
 KEY = b"k" * 32
 
@@ -140,7 +140,7 @@ def test_receipts_are_found_by_keyed_hash(tmp_path: Path) -> None:
 
 def test_redact_ids_replaces_every_raw_id_by_its_keyed_hash() -> None:
     """Validation reasons quote IDs; receipts and reports must not."""
-    from hamu.audit import KeyedHasher
+    from hamu.governance.audit import KeyedHasher
     from tasks.audit import redact_ids
 
     hasher = KeyedHasher(b"r" * 32)

@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hamu.drift import DriftBudget, DriftState
 from hamu.evaluation import EvaluationConfig, MissingReferenceError, MLPTrainer, evaluate_models
+from hamu.governance.drift import DriftBudget, DriftState
 from hamu.hardness import HardnessReport, assess_hardness
 from hamu.train import TrainedModel
 from tasks.config import BatchConfig

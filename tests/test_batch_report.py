@@ -17,14 +17,19 @@ import torch
 import torch.nn.functional as F
 from markdown_it import MarkdownIt
 
-from hamu.audit import KeyedHasher
-from hamu.audit.batch_report import MAX_LISTED_REQUESTS, BatchReportInput, render_html, render_markdown
-from hamu.audit.model_card import HEADER, VersionEntry, erasure_history, with_erasure_history
-from hamu.decision import CostEstimate, decide
-from hamu.drift import DriftBudget, DriftState, advance, breaches
 from hamu.evaluation import EvaluationConfig, MLPTrainer, evaluate_models
+from hamu.governance.audit import KeyedHasher
+from hamu.governance.audit.batch_report import (
+    MAX_LISTED_REQUESTS,
+    BatchReportInput,
+    render_html,
+    render_markdown,
+)
+from hamu.governance.audit.model_card import HEADER, VersionEntry, erasure_history, with_erasure_history
+from hamu.governance.decision import CostEstimate, decide
+from hamu.governance.drift import DriftBudget, DriftState, advance, breaches
+from hamu.governance.verdict import decide as judge_evidence
 from hamu.hardness import assess_hardness
-from hamu.verdict import decide as judge_evidence
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt

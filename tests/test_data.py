@@ -50,7 +50,8 @@ from hamu.data import (
 from hamu.data import sources as sources_module
 from hamu.data.digest import arrow_table
 
-# The record-ID grammar of deletion requests (hamu.requests.schema.RECORD_ID_PATTERN): every ID we mint
+# The record-ID grammar of deletion requests (hamu.governance.requests.schema.RECORD_ID_PATTERN): every ID we
+# mint
 # must be a valid request target.
 RECORD_ID_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,127}")
 REPO = Path(__file__).resolve().parents[1]

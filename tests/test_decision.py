@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hamu.decision import CostEstimate, decide
+from hamu.governance.decision import CostEstimate, decide
 from hamu.hardness import HardnessReport, assess_hardness
 from hamu.quickstart import digits_mlp, digits_split, train_briefly
 

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from hamu.drift import DriftBudget, DriftState, advance, batch_gaps, breaches
+from hamu.governance.drift import DriftBudget, DriftState, advance, batch_gaps, breaches
 
 Step = tuple[bool, float, float]  # (exact retrain?, utility deficit, AUC gap)
 

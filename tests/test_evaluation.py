@@ -1,4 +1,5 @@
-"""evaluate_models end to end on digits: gaps, uncertainty, report privacy; judged by hamu.verdict."""
+"""evaluate_models end to end on digits: gaps, uncertainty, report privacy; judged by
+hamu.governance.verdict."""
 
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ from hamu.evaluation import (
     ks_forget_quality,
 )
 from hamu.evaluation.bootstrap import Interval
-from hamu.verdict import RunFacts, decide
+from hamu.governance.verdict import RunFacts, decide
 
 FAST = EvaluationConfig(n_resamples=400)
 

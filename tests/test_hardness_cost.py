@@ -21,7 +21,7 @@ from torch import nn
 import hamu.hardness
 from flows.config import BatchConfig
 from hamu.core.transform import HamuConfig
-from hamu.decision import CostEstimate, decide
+from hamu.governance.decision import CostEstimate, decide
 from hamu.hardness import HardnessReport, assess_hardness
 from hamu.methods.registry import METHODS
 from hamu.quickstart import train_briefly

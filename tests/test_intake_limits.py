@@ -19,10 +19,10 @@ from unittest import mock
 import pytest
 from typer.testing import CliRunner
 
-import hamu.requests.queue as queue_module
-from hamu.requests import RequestFileError, RequestQueue, default_queue_url
-from hamu.requests.errors import MAX_KEPT_PROBLEMS
-from hamu.requests.intake import MAX_LINE_CHARS, remove_accepted_file
+import hamu.governance.requests.queue as queue_module
+from hamu.governance.requests import RequestFileError, RequestQueue, default_queue_url
+from hamu.governance.requests.errors import MAX_KEPT_PROBLEMS
+from hamu.governance.requests.intake import MAX_LINE_CHARS, remove_accepted_file
 
 HEADER = "request_id,record_id,reason,received_at"
 GOOD_TIME = "2026-01-01T00:00:00Z"

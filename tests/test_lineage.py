@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from hamu.audit import KeyedHasher
-from hamu.lineage import SCHEMA, ErasureManifest, ForgetPlan, LineageError, plan_forget
+from hamu.governance.audit import KeyedHasher
+from hamu.governance.lineage import SCHEMA, ErasureManifest, ForgetPlan, LineageError, plan_forget
 
 HASH = KeyedHasher(b"k" * 32).hash
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from hamu.audit.model_card import (
+from hamu.governance.audit.model_card import (
     CARD_VERSIONS,
     HEADER,
     MAX_CARD_BYTES,

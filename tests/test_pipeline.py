@@ -87,7 +87,7 @@ def batch_run(home: Path, record_ids: list[str]) -> dict:
 
 
 def test_batch_completes_and_closes_every_request(batch_run: dict, home: Path) -> None:
-    from hamu.requests import RequestQueue
+    from hamu.governance.requests import RequestQueue
 
     summary = batch_run["summary"]
     assert summary["status"] == "completed"
@@ -129,7 +129,7 @@ def test_report_is_filed_in_audit_mlflow_and_model_card(batch_run: dict, home: P
     import mlflow
     from mlflow import MlflowClient
 
-    from hamu.audit import Ledger
+    from hamu.governance.audit import Ledger
 
     summary = batch_run["summary"]
     batch_id = summary["batch_id"]
@@ -218,7 +218,7 @@ def test_no_raw_forget_id_in_any_store(batch_run: dict, home: Path) -> None:
 def test_second_run_finds_nothing_and_malformed_file_changes_nothing(batch_run: dict, home: Path) -> None:
     from flows.cli import app
     from flows.deletion_batch import deletion_batch
-    from hamu.requests import RequestQueue
+    from hamu.governance.requests import RequestQueue
 
     again = deletion_batch(batch_run["config"])
     assert again["status"] == "empty"
@@ -269,7 +269,7 @@ CRASH_STAGES += ("close-requests",)
 
 
 def _mine(home: Path, prefix: str) -> list:
-    from hamu.requests import RequestQueue
+    from hamu.governance.requests import RequestQueue
 
     with RequestQueue(f"sqlite:///{home / 'requests.db'}") as queue:
         return [r for r in queue.list() if r.request_id.startswith(prefix)]
@@ -369,7 +369,7 @@ def test_a_target_not_reached_makes_the_exact_retrain_the_outcome(
 
     from flows.cli import app
     from flows.deletion_batch import deletion_batch
-    from hamu.audit import Ledger
+    from hamu.governance.audit import Ledger
 
     rows = [(f"tgt-{i:03d}", rec, "privacy") for i, rec in enumerate(record_ids[700:710])]
     submitted = CliRunner().invoke(app, ["requests", "submit", str(_write_requests(home / "tgt.csv", rows))])
@@ -395,7 +395,7 @@ def _state(home: Path, name: str) -> tuple[bytes, dict[str, str], list[tuple[str
     """Everything a refused promotion must leave exactly as it was: ledger bytes, aliases, queue."""
     from mlflow import MlflowClient
 
-    from hamu.requests import RequestQueue
+    from hamu.governance.requests import RequestQueue
 
     aliases = {k: str(v) for k, v in MlflowClient().get_registered_model(name).aliases.items()}
     with RequestQueue(f"sqlite:///{home / 'requests.db'}") as queue:
@@ -424,8 +424,8 @@ def test_promotion_is_gated_by_one_verdict_and_erased_means_served(
     from mlflow import MlflowClient
 
     from flows.cli import app
-    from hamu.audit import Ledger
-    from hamu.requests import RequestQueue
+    from hamu.governance.audit import Ledger
+    from hamu.governance.requests import RequestQueue
 
     name = batch_run["config"].registered_name
     client = MlflowClient()

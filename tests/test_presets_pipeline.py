@@ -156,7 +156,7 @@ def test_fashion_preset_completes_with_the_target_controller(home: Path) -> None
     exact retrain and says why."""
     from flows.config import BatchConfig
     from flows.deletion_batch import deletion_batch
-    from hamu.audit import Ledger
+    from hamu.governance.audit import Ledger
     from tasks.models import load_preset_data
 
     _submit(home, load_preset_data("fashion-mnist-cpu").manifest_ids[:30], prefix="fm")

@@ -23,8 +23,8 @@ import numpy as np
 import pytest
 import torch
 
-from hamu.audit import KeyedHasher, Ledger
 from hamu.data import load_train_test, manifest, manifest_digest, record_ids, split_by_ids
+from hamu.governance.audit import KeyedHasher, Ledger
 
 KEY = b"k" * 32
 
@@ -154,7 +154,7 @@ def test_failed_batch_records_and_reraises_no_raw_id(
     Prefect logs, carry keyed forms only. Real queue, ledger and MLflow store; the stages are stubbed."""
     import flows.deletion_batch as batch
     import tasks.stages.session as session
-    from hamu.requests import RequestQueue, Status
+    from hamu.governance.requests import RequestQueue, Status
     from tasks.recovery import RecoveryReport
 
     rows = [("req-alpha", "digits-train-000007"), ("req-beta", "digits-train-000042")]

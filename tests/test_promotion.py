@@ -1,6 +1,7 @@
 """Promotion decisions: lineage gates and the insufficient-evidence override, each failing on its condition.
 
-The evidence gates themselves are :mod:`hamu.verdict`'s (tests/test_verdict.py); here they are built by
+The evidence gates themselves are :mod:`hamu.governance.verdict`'s (tests/test_verdict.py); here they are
+built by
 hand so each combination with the lineage gates and the override is exercised exactly.
 """
 
@@ -8,8 +9,8 @@ from __future__ import annotations
 
 import pytest
 
-from hamu.promotion import PromotionInputError, check_override, decide_promotion, lineage_gates
-from hamu.verdict import Gate, GatePolicy, Verdict
+from hamu.governance.promotion import PromotionInputError, check_override, decide_promotion, lineage_gates
+from hamu.governance.verdict import Gate, GatePolicy, Verdict
 
 
 def _verdict(status: str, evidence: str) -> Verdict:

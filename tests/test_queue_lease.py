@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from hamu.requests import DEFAULT_LEASE, LeaseLostError, RequestQueue, Status
+from hamu.governance.requests import DEFAULT_LEASE, LeaseLostError, RequestQueue, Status
 from tasks.lease import LeaseKeeper, keep_lease
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)

@@ -19,7 +19,7 @@ from unittest import mock
 import pytest
 from typer.testing import CliRunner
 
-from hamu.requests import (
+from hamu.governance.requests import (
     DEFAULT_MAX_REQUESTS,
     DEFAULT_QUARANTINE_AFTER,
     QueueStateError,
@@ -278,7 +278,7 @@ def test_widening_on_postgresql_leaves_the_declared_table_intact() -> None:
     from sqlalchemy.dialects import sqlite
     from sqlalchemy.schema import CreateTable
 
-    from hamu.requests.queue import _T, _widen_status_check
+    from hamu.governance.requests.queue import _T, _widen_status_check
 
     conn = mock.MagicMock()
     conn.dialect.name = "postgresql"
@@ -333,7 +333,7 @@ def test_the_postgresql_claim_picks_its_rows_once() -> None:
     MATERIALIZED CTE is evaluated once. (SQLite evaluates the sub-select once and gets no hint.)"""
     from sqlalchemy.dialects import postgresql, sqlite
 
-    from hamu.requests.queue import _claim_statement
+    from hamu.governance.requests.queue import _claim_statement
 
     stmt = _claim_statement("b", "t", NOW, 10)
     pg = " ".join(str(stmt.compile(dialect=postgresql.dialect())).split())

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from hamu.audit import KeyedHasher, Ledger, verify_ledger
+from hamu.governance.audit import KeyedHasher, Ledger, verify_ledger
 
 
 def test_failed_batch_is_cleaned_up_and_recorded(mlflow_store: Path) -> None:

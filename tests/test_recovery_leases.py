@@ -10,8 +10,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from hamu.audit import KeyedHasher, Ledger
-from hamu.requests import RequestQueue, Status
+from hamu.governance.audit import KeyedHasher, Ledger
+from hamu.governance.requests import RequestQueue, Status
 
 HEADER = "request_id,record_id,reason,received_at"
 T0 = datetime(2026, 3, 1, tzinfo=UTC)

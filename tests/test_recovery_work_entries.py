@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hamu.audit import KeyedHasher
-from hamu.requests import RequestQueue, Status, default_queue_url
+from hamu.governance.audit import KeyedHasher
+from hamu.governance.requests import RequestQueue, Status, default_queue_url
 
 HEADER = "request_id,record_id,reason,received_at"
 

@@ -22,7 +22,7 @@ from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.exc import IntegrityError
 from typer.testing import CliRunner
 
-from hamu.requests import (
+from hamu.governance.requests import (
     DEFAULT_PROMOTION_DEADLINE,
     PROMOTION_DEADLINE_ENV,
     RequestQueue,
@@ -30,7 +30,7 @@ from hamu.requests import (
     default_queue_url,
     promotion_deadline,
 )
-from hamu.requests.queue import _status_check_is_current
+from hamu.governance.requests.queue import _status_check_is_current
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
 HEADER = "request_id,record_id,reason,received_at"

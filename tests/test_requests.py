@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from sqlalchemy.dialects import postgresql, sqlite
 
-from hamu.requests import (
+from hamu.governance.requests import (
     QueueBusyError,
     QueueStateError,
     Reason,
@@ -28,7 +28,7 @@ from hamu.requests import (
     Verdict,
     default_queue_url,
 )
-from hamu.requests.queue import _claim_statement
+from hamu.governance.requests.queue import _claim_statement
 
 REPO = Path(__file__).resolve().parent.parent
 HEADER = "request_id,record_id,reason,received_at"
@@ -705,7 +705,7 @@ def test_claim_statement_locks_rows_on_postgresql() -> None:
 
 _WORKER = """
 import json, sys
-from hamu.requests import RequestQueue
+from hamu.governance.requests import RequestQueue
 url, name = sys.argv[1], sys.argv[2]
 q = RequestQueue(url)
 print("ready", flush=True)

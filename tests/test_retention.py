@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from typer.testing import Result
 
-from hamu.audit import KeyedHasher, Ledger, LedgerRecord, verify_ledger
+from hamu.governance.audit import KeyedHasher, Ledger, LedgerRecord, verify_ledger
 from tasks.env import StatePaths
 
 KEY = bytes(range(32))
@@ -64,7 +64,7 @@ def _checkpoint(root: Path, name: str, seed: float, erased: list[str] | None) ->
     import torch
     from safetensors.torch import save_file
 
-    from hamu.lineage import ErasureManifest
+    from hamu.governance.lineage import ErasureManifest
     from hamu.models.checkpoint import tensors_digest
     from tasks.lineage import MANIFEST_FILE
 
@@ -87,8 +87,8 @@ def _register(root: Path, ledger: Ledger, erased: list[str], batch: str, seed: f
     import mlflow
     from mlflow import MlflowClient
 
-    from hamu.audit import ANCHOR_TAG
-    from hamu.lineage import ErasureManifest
+    from hamu.governance.audit import ANCHOR_TAG
+    from hamu.governance.lineage import ErasureManifest
 
     folder, weights = _checkpoint(root, batch, seed, erased)
     with mlflow.start_run() as run:
@@ -128,9 +128,9 @@ def trail(home: StatePaths, tmp_path: Path) -> Trail:
     import torch
     from mlflow import MlflowClient
 
-    from hamu.audit import ANCHOR_TAG
-    from hamu.lineage import ErasureManifest
-    from hamu.requests import JudgedRequest, RequestQueue
+    from hamu.governance.audit import ANCHOR_TAG
+    from hamu.governance.lineage import ErasureManifest
+    from hamu.governance.requests import JudgedRequest, RequestQueue
     from tasks.audit import BatchAudit
     from tasks.tracking import log_model_version
 
@@ -249,7 +249,7 @@ def test_dry_run_lists_the_obsolete_copies_and_changes_nothing(trail: Trail) -> 
 
 
 def test_apply_deletes_exactly_the_obsolete_copies_and_records_them(trail: Trail) -> None:
-    from hamu.audit import file_sha256
+    from hamu.governance.audit import file_sha256
     from tasks.trail import ManifestMismatch, verified_manifest
 
     assert _invoke("audit", "verify").exit_code == 0
@@ -331,7 +331,7 @@ def test_no_checkpoint_copy_is_left_in_the_system_temp_dir(
     import mlflow
     import torch
 
-    from hamu.lineage import ErasureManifest
+    from hamu.governance.lineage import ErasureManifest
     from hamu.models.registry import build_model
     from tasks.lineage import still_carried
     from tasks.models import load_version

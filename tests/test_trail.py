@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from hamu.audit import (
+from hamu.governance.audit import (
     Anchor,
     AuditKeyError,
     ErasureReceipt,
@@ -29,8 +29,8 @@ from hamu.audit import (
     load_or_create_key,
     verify_ledger,
 )
-from hamu.audit.ledger import REPAIR_STEP
-from hamu.audit.provenance import sha256_json
+from hamu.governance.audit.ledger import REPAIR_STEP
+from hamu.governance.audit.provenance import sha256_json
 
 KEY = bytes(range(32))
 HASHER = KeyedHasher(KEY)
@@ -252,8 +252,8 @@ def _register(root: Path, ledger: Ledger, erased: list[str], batch: str) -> tupl
     from mlflow import MlflowClient
     from safetensors.torch import save_file
 
-    from hamu.audit import ANCHOR_TAG
-    from hamu.lineage import ErasureManifest
+    from hamu.governance.audit import ANCHOR_TAG
+    from hamu.governance.lineage import ErasureManifest
     from hamu.models.checkpoint import tensors_digest
     from tasks.lineage import MANIFEST_FILE
 
@@ -375,7 +375,7 @@ def test_trace_refuses_a_ledger_with_a_line_appended_without_the_key(
     from typer.testing import CliRunner
 
     from flows.cli import app
-    from hamu.audit.keys import KEY_ENV
+    from hamu.governance.audit.keys import KEY_ENV
 
     home = tmp_path / "home"
     monkeypatch.setenv("HAMU_HOME", str(home))

@@ -11,7 +11,7 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from hamu.requests import (
+from hamu.governance.requests import (
     RECORD_ID_PATTERN,
     REQUEST_ID_PATTERN,
     Reason,
@@ -239,7 +239,7 @@ def test_broken_suite_file_is_refused(tmp_path: Path) -> None:
 
 
 def test_suite_files_repeat_the_library_patterns() -> None:
-    """The JSON suite and hamu.requests must agree, or GX and the verdicts would disagree."""
+    """The JSON suite and hamu.governance.requests must agree, or GX and the verdicts would disagree."""
     request_spec = load_suite_spec("deletion_request")
     regexes = {
         e["kwargs"]["column"]: e["kwargs"]["regex"]
@@ -299,7 +299,7 @@ def test_queue_to_verdicts_round_trip(tmp_path: Path) -> None:
 
 
 def test_requests_frame_keeps_utc() -> None:
-    from hamu.requests import Request, Verdict
+    from hamu.governance.requests import Request, Verdict
 
     when = datetime(2026, 1, 1, 5, tzinfo=UTC)
     r = Request(

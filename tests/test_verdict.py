@@ -1,4 +1,4 @@
-"""The one verdict (:mod:`hamu.verdict`) and promotion (:mod:`hamu.promotion`).
+"""The one verdict (:mod:`hamu.governance.verdict`) and promotion (:mod:`hamu.governance.promotion`).
 
 A. rules on small hand-built reports: band edges, directions, the band formula, evidence, the override,
    integrity gates, bad input, policy validation;
@@ -24,8 +24,8 @@ from torch import nn
 
 from hamu import UnlearnConfig, unlearn
 from hamu.evaluation import EvaluationConfig, MLPTrainer, evaluate_models
-from hamu.promotion import PromotionInputError, check_override, decide_promotion, lineage_gates
-from hamu.verdict import KS_METRIC, Gate, GatePolicy, RunFacts, Verdict, decide, ks_critical_d
+from hamu.governance.promotion import PromotionInputError, check_override, decide_promotion, lineage_gates
+from hamu.governance.verdict import KS_METRIC, Gate, GatePolicy, RunFacts, Verdict, decide, ks_critical_d
 
 ACC = "utility.forget.accuracy"
 LOSS = "utility.forget.loss"

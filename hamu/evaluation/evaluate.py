@@ -13,7 +13,7 @@ then derives every number from those per-example outputs with one shared set of 
 7. the detection floor: the same attacks on the original vs the reference.
 
 The report measures and never judges: whether a model's evidence passes is decided by one function,
-:func:`hamu.verdict.decide`, from this report.
+:func:`hamu.governance.verdict.decide`, from this report.
 
 The reference is required. A stand-in that is not a retrain on D_r must be labelled
 ``reference_kind="proxy"``; nothing is ever silently compared with ``None``.

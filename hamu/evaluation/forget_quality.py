@@ -1,6 +1,7 @@
 """Forget quality against the retrained reference: the KS test and the paired gaps of every metric.
 
-This module measures; :mod:`hamu.verdict` judges. Gaps are two-sided on purpose: exact unlearning means
+This module measures; :mod:`hamu.governance.verdict` judges. Gaps are two-sided on purpose: exact unlearning
+means
 "indistinguishable from retraining without D_f", and a model whose forget rows look *less* familiar than the
 retrained model's is as detectable as one that still remembers them (the Streisand effect).
 :func:`member_direction` names which sign of a gap means "still looks like a member".
@@ -81,7 +82,7 @@ class GapResult:
 
     ``reference_half_width`` is half the width of the reference's *own* interval for the metric: the
     sampling noise of the metric on these rows, which sets the floor of its equivalence band
-    (:mod:`hamu.verdict`). Whether a gap passes is decided only there.
+    (:mod:`hamu.governance.verdict`). Whether a gap passes is decided only there.
     """
 
     metric: str

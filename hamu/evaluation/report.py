@@ -25,7 +25,9 @@ import numpy as np
 from hamu.evaluation.attacks import attack_score
 from hamu.evaluation.per_example import PerExample
 
-SCHEMA = "hamu.evaluation/2"  # /2: no verdicts in the report (hamu.verdict decides), utility_drop added
+SCHEMA = (
+    "hamu.evaluation/2"  # /2: no verdicts in the report (hamu.governance.verdict decides), utility_drop added
+)
 JSONScalar = str | int | float | bool | None
 
 

@@ -22,8 +22,8 @@ from typing import Any, Concatenate, Generic, ParamSpec, Protocol, TypeVar
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from hamu.audit import KeyedHasher
-from hamu.requests import RequestQueue
+from hamu.governance.audit import KeyedHasher
+from hamu.governance.requests import RequestQueue
 from tasks.audit import BatchAudit
 from tasks.config import BatchConfig
 from tasks.env import StatePaths

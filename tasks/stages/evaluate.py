@@ -14,9 +14,9 @@ from typing import Any
 
 import mlflow
 
-from hamu.drift import DriftBudget, DriftState, advance, batch_gaps, breaches
 from hamu.evaluation import Evaluation, ReferenceStats
-from hamu.verdict import GatePolicy, RunFacts, Verdict, decide
+from hamu.governance.drift import DriftBudget, DriftState, advance, batch_gaps, breaches
+from hamu.governance.verdict import GatePolicy, RunFacts, Verdict, decide
 from tasks.evaluation import evaluate as evaluate_models
 from tasks.evaluation import make_plots, own_inputs
 from tasks.lineage import drift_of

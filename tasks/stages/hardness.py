@@ -1,5 +1,5 @@
 """The hardness stage: HAMU's geometry on the champion, then the unlearn-or-retrain gate (hardness verdict,
-measured cost, the source lineage's drift budget; ``hamu.decision``, docs/pipeline.md step 4)."""
+measured cost, the source lineage's drift budget; ``hamu.governance.decision``, docs/pipeline.md step 4)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from typing import Any
 import mlflow
 import numpy as np
 
-from hamu.decision import Decision
-from hamu.drift import breaches
+from hamu.governance.decision import Decision
+from hamu.governance.drift import breaches
 from hamu.hardness import HardnessReport
 from tasks.config import BatchConfig
 from tasks.hardness import assess, gate

@@ -11,8 +11,8 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from hamu.audit import sha256_json
-from hamu.requests import JudgedRequest, Request, RequestQueue, Status
+from hamu.governance.audit import sha256_json
+from hamu.governance.requests import JudgedRequest, Request, RequestQueue, Status
 from tasks.stages.base import BatchContext, stage
 from tasks.validation import requests_frame, validate_requests
 

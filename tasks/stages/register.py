@@ -8,8 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from hamu.audit import ANCHOR_TAG
-from hamu.audit.provenance import code_version
+from hamu.governance.audit import ANCHOR_TAG
+from hamu.governance.audit.provenance import code_version
 from tasks.registration import register_candidate
 from tasks.stages.base import BatchContext, stage
 from tasks.stages.evaluate import Evaluated

@@ -16,8 +16,8 @@ from typing import Any
 
 import mlflow
 
-from hamu.audit import KeyedHasher, load_or_create_key
-from hamu.requests import RequestQueue
+from hamu.governance.audit import KeyedHasher, load_or_create_key
+from hamu.governance.requests import RequestQueue
 from tasks.audit import BatchAudit, prefect_refs
 from tasks.config import BatchConfig
 from tasks.env import configure_environment

@@ -1,5 +1,6 @@
 """The split stage: what this batch forgets (its accepted records plus earlier erasures the champion still
-carries), what it retains, and their tensors and digests (``hamu.lineage``, docs/pipeline.md step 3)."""
+carries), what it retains, and their tensors and digests (``hamu.governance.lineage``, docs/pipeline.md step
+3)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import mlflow
 import numpy as np
 
 from hamu.data import Split, split_by_ids
-from hamu.lineage import ForgetPlan, plan_forget
+from hamu.governance.lineage import ForgetPlan, plan_forget
 from tasks.registration import log_dataset_digests
 from tasks.stages.base import BatchContext, stage
 from tasks.stages.intake import Validated

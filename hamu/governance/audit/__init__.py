@@ -4,7 +4,7 @@ Plain Python (hashlib, hmac, json): the pipeline's tasks call it, and a reviewer
 nothing but this package.
 """
 
-from hamu.audit.keys import (
+from hamu.governance.audit.keys import (
     AuditKeyError,
     KeyedHasher,
     create_key,
@@ -12,10 +12,24 @@ from hamu.audit.keys import (
     load_key,
     load_or_create_key,
 )
-from hamu.audit.ledger import ANCHOR_TAG, GENESIS, Anchor, Ledger, LedgerRecord, VerifyResult, verify_ledger
-from hamu.audit.provenance import code_version, file_sha256, package_versions, sha256_bytes, sha256_json
-from hamu.audit.receipts import ErasureReceipt, ReceiptStore
-from hamu.audit.trail import anchor_problem, check_receipts
+from hamu.governance.audit.ledger import (
+    ANCHOR_TAG,
+    GENESIS,
+    Anchor,
+    Ledger,
+    LedgerRecord,
+    VerifyResult,
+    verify_ledger,
+)
+from hamu.governance.audit.provenance import (
+    code_version,
+    file_sha256,
+    package_versions,
+    sha256_bytes,
+    sha256_json,
+)
+from hamu.governance.audit.receipts import ErasureReceipt, ReceiptStore
+from hamu.governance.audit.trail import anchor_problem, check_receipts
 
 __all__ = [
     "ANCHOR_TAG",

@@ -102,7 +102,8 @@ DEFAULT_MAX_REQUESTS = 10_000
 DEFAULT_QUARANTINE_AFTER = 3
 
 
-#: How long a claim stays valid without a heartbeat (:meth:`~hamu.requests.RequestQueue.heartbeat`). A
+#: How long a claim stays valid without a heartbeat
+#: (:meth:`~hamu.governance.requests.RequestQueue.heartbeat`). A
 #: running batch renews it every third of that (5 minutes), so two missed heartbeats in a row (a database
 #: failover, a stalled NFS mount, a long GC pause) are survived; a batch whose host died is recovered by the
 #: next run that starts 15 minutes or more later, which at a nightly cadence is every run. Shorter leases buy
@@ -244,7 +245,7 @@ class Request:
     entered this queue; ``source_sha256`` is the digest of the file it came from, for lineage.
     ``failures`` counts the failed batches that released it, and ``quarantine_reason`` says why a
     ``quarantined`` request was taken out of the queue (``None`` otherwise). A ``claimed`` request carries
-    its claim's ``claim_token`` (what :meth:`~hamu.requests.RequestQueue.heartbeat` takes) and
+    its claim's ``claim_token`` (what :meth:`~hamu.governance.requests.RequestQueue.heartbeat` takes) and
     ``lease_expires_at``, after which recovery may release it.
     """
 

@@ -1,6 +1,7 @@
 """Whether a batch's candidate may become ``champion``: the evidence verdict plus two lineage gates.
 
-The evidence part is :func:`hamu.verdict.decide` and nothing else, so ``hamu promote`` and the batch that
+The evidence part is :func:`hamu.governance.verdict.decide` and nothing else, so ``hamu promote`` and the
+batch that
 produced the candidate cannot disagree. The lineage gates come from the registry and the request queue:
 
 * ``batch-completed``: the candidate's batch closed its requests and issued receipts (a version left by a
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hamu.verdict import Gate, Verdict
+from hamu.governance.verdict import Gate, Verdict
 
 
 class PromotionInputError(ValueError):

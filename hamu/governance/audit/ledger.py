@@ -8,7 +8,7 @@ holder can. Each record names the key's fingerprint, so a wrong key is reported 
 Truncation (dropping the last records, or emptying the file) leaves a valid shorter chain. It is caught
 by anchors kept outside the ledger: every receipt and every registered model version carries the chain
 head at its time (:class:`Anchor`), and verification checks that each anchor is still in the chain
-(:mod:`hamu.audit.trail`).
+(:mod:`hamu.governance.audit.trail`).
 
 Records reference artifacts (reports, receipts, validation results) by path and SHA-256;
 :func:`verify_ledger` re-checks the chain and every referenced file offline and names every problem.
@@ -29,8 +29,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from hamu.audit.keys import AuditKeyError, key_fingerprint
-from hamu.audit.provenance import canonical_json, code_version, file_sha256, package_versions, sha256_bytes
+from hamu.governance.audit.keys import AuditKeyError, key_fingerprint
+from hamu.governance.audit.provenance import (
+    canonical_json,
+    code_version,
+    file_sha256,
+    package_versions,
+    sha256_bytes,
+)
 
 GENESIS = "0" * 64
 MAC_PREFIX = "hmac-sha256:"

@@ -40,7 +40,7 @@ class BatchReportInput:
     hardness: Mapping[str, Any]
     decision: Mapping[str, Any]
     evaluation: Mapping[str, Any] | None
-    verdict: Mapping[str, Any] | None = None  # hamu.verdict.Verdict.to_dict()
+    verdict: Mapping[str, Any] | None = None  # hamu.governance.verdict.Verdict.to_dict()
     drift: Mapping[str, Any] = field(default_factory=dict)
     carried_over: int = 0
     links: Mapping[str, str] = field(default_factory=dict)

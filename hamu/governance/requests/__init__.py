@@ -5,7 +5,7 @@ imports, so the library stays usable on its own. The file format, ID patterns, v
 described in ``docs/requests.md``.
 """
 
-from hamu.requests.errors import (
+from hamu.governance.requests.errors import (
     LeaseLostError,
     LineProblem,
     QueueBusyError,
@@ -13,9 +13,9 @@ from hamu.requests.errors import (
     RequestFileError,
     RequestQueueError,
 )
-from hamu.requests.intake import DEFAULT_MAX_BYTES, MAX_CLOCK_SKEW
-from hamu.requests.queue import RequestQueue, SubmitResult, default_queue_url
-from hamu.requests.schema import (
+from hamu.governance.requests.intake import DEFAULT_MAX_BYTES, MAX_CLOCK_SKEW
+from hamu.governance.requests.queue import RequestQueue, SubmitResult, default_queue_url
+from hamu.governance.requests.schema import (
     BATCH_ID_PATTERN,
     DEFAULT_LEASE,
     DEFAULT_MAX_REQUESTS,

@@ -93,7 +93,7 @@ _LEGEND = (
     "Each row is a registered version. *Erased* counts records removed in that batch and in total since "
     "the original; *status* `completed` means the batch closed its requests and issued receipts "
     "(`abandoned` versions come from batches that died before that and must never be promoted). *Gates "
-    "passed* is the one verdict (hamu.verdict); an *override* names why a version was promoted on "
+    "passed* is the one verdict (hamu.governance.verdict); an *override* names why a version was promoted on "
     "insufficient evidence."
 )
 _TABLE_HEAD = [

@@ -3,14 +3,15 @@
 A file is accepted or rejected as a whole. The checks run from cheap to expensive (path, size, binary
 content, encoding, structure, fields) and collect every line problem instead of stopping at the first,
 so that whoever fixes the file sees the whole list. Nothing here touches the database; duplicate IDs
-against the queue are checked by :class:`hamu.requests.RequestQueue` inside its write transaction.
+against the queue are checked by :class:`hamu.governance.requests.RequestQueue` inside its write transaction.
 
 Whether a record ID exists in the training manifest or was already erased is deliberately *not* checked
 here: those requests are well formed, enter the queue, and get a verdict at batch time.
 
 Hostile or broken files are bounded, not just rejected:
 
-* **Memory.** At most :data:`~hamu.requests.errors.MAX_KEPT_PROBLEMS` line problems are kept (the rest are
+* **Memory.** At most :data:`~hamu.governance.requests.errors.MAX_KEPT_PROBLEMS` line problems are kept (the
+rest are
   counted), quoted values are cut to 40 characters, JSONL lines are visited one at a time, and a JSONL
   line longer than :data:`MAX_LINE_CHARS` is refused unparsed. A 4 MB file of bad lines peaks at a few
   MB instead of hundreds.
@@ -42,8 +43,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
-from hamu.requests.errors import MAX_KEPT_PROBLEMS, LineProblem, RequestFileError
-from hamu.requests.schema import (
+from hamu.governance.requests.errors import MAX_KEPT_PROBLEMS, LineProblem, RequestFileError
+from hamu.governance.requests.schema import (
     RECORD_ID_PATTERN,
     REQUEST_ID_PATTERN,
     REQUIRED_COLUMNS,

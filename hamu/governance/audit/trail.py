@@ -1,6 +1,7 @@
 """Cross-checks between the ledger and what lives outside it: receipts and chain-head anchors.
 
-The keyed chain (:mod:`hamu.audit.ledger`) makes rewriting records impossible without the key, but a
+The keyed chain (:mod:`hamu.governance.audit.ledger`) makes rewriting records impossible without the key, but
+a
 valid chain can still be *cut short*, and files next to it can be added. These checks close both gaps
 with facts the ledger cannot rewrite on its own:
 
@@ -15,9 +16,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from hamu.audit.ledger import Anchor, Ledger, LedgerRecord
-from hamu.audit.provenance import file_sha256
-from hamu.audit.receipts import referenced_receipts
+from hamu.governance.audit.ledger import Anchor, Ledger, LedgerRecord
+from hamu.governance.audit.provenance import file_sha256
+from hamu.governance.audit.receipts import referenced_receipts
 
 
 def anchor_problem(records: list[LedgerRecord], anchor: Anchor, holder: str) -> str | None:

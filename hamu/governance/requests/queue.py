@@ -11,7 +11,8 @@ States and who moves them::
                      │                             quarantine_after failed batches──► quarantined
                      └──────────────────────────requeue (an operator, once the cause is fixed)──┘
 
-A claim carries a lease (``lease_expires_at``, :data:`~hamu.requests.schema.DEFAULT_LEASE` from the claim
+A claim carries a lease (``lease_expires_at``, :data:`~hamu.governance.requests.schema.DEFAULT_LEASE` from
+the claim
 unless told): the batch renews it with :meth:`RequestQueue.heartbeat` while it runs, and
 :meth:`RequestQueue.release_expired` puts the claims of a batch that stopped renewing back to pending, on
 whichever host it ran. An expired lease is final: it cannot be renewed, and the batch can no longer close
@@ -22,7 +23,8 @@ its requests, because every close re-checks ownership (batch, claim token, unexp
 promotion (:meth:`RequestQueue.list_overdue`).
 
 One failure must not block the queue: a claim takes at most ``limit`` requests
-(:data:`~hamu.requests.schema.DEFAULT_MAX_REQUESTS` unless told), and a request that keeps failing its
+(:data:`~hamu.governance.requests.schema.DEFAULT_MAX_REQUESTS` unless told), and a request that keeps failing
+its
 batches is quarantined with a reason instead of being released to fail again every night.
 
 Every method is one database transaction, so a failure leaves the queue as it was. On SQLite every
@@ -66,15 +68,15 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.schema import Column, CreateColumn
 
-from hamu.requests.errors import (
+from hamu.governance.requests.errors import (
     LeaseLostError,
     LineProblem,
     QueueBusyError,
     QueueStateError,
     RequestFileError,
 )
-from hamu.requests.intake import DEFAULT_MAX_BYTES, FileFormat, load_request_file, parse_requests
-from hamu.requests.schema import (
+from hamu.governance.requests.intake import DEFAULT_MAX_BYTES, FileFormat, load_request_file, parse_requests
+from hamu.governance.requests.schema import (
     BATCH_ID_PATTERN,
     DEFAULT_LEASE,
     DEFAULT_MAX_REQUESTS,
@@ -280,7 +282,7 @@ class RequestQueue:
         ``quarantine_after`` is the number of failed batches after which a request is quarantined rather
         than released (the default 3: released after the first two, quarantined by the third; see
         :meth:`release_batch`); ``lease`` is how long a claim or a heartbeat keeps a batch's claims
-        (:data:`~hamu.requests.schema.DEFAULT_LEASE`; see :meth:`heartbeat`).
+        (:data:`~hamu.governance.requests.schema.DEFAULT_LEASE`; see :meth:`heartbeat`).
         """
         if type(quarantine_after) is not int or quarantine_after < 1:
             raise ValueError(f"quarantine_after must be a positive integer, got {quarantine_after!r}")
@@ -469,7 +471,8 @@ class RequestQueue:
         One UPDATE guarded by ``status = 'pending'`` inside one write transaction: no request can be
         claimed by two batches, and a claimer that waited for another gets only what is left. A fresh
         claim token marks exactly the rows this call took, which are then read back in FIFO order.
-        ``limit`` defaults to :data:`~hamu.requests.schema.DEFAULT_MAX_REQUESTS`, so a backlog is worked
+        ``limit`` defaults to :data:`~hamu.governance.requests.schema.DEFAULT_MAX_REQUESTS`, so a backlog is
+        worked
         off over several batches instead of all at once; ``None`` lifts the cap (tools and tests only).
         Quarantined requests are never claimed.
         """

@@ -6,8 +6,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from hamu.audit.ledger import Ledger
-from hamu.audit.provenance import sha256_bytes
+from hamu.governance.audit.ledger import Ledger
+from hamu.governance.audit.provenance import sha256_bytes
 
 
 @dataclass(frozen=True)
@@ -24,7 +24,8 @@ class ErasureReceipt:
     model_name: str = ""
     model_version: str = ""
     evidence: dict[str, Any] = field(default_factory=dict)
-    #: The ledger's chain head when the receipt was issued (:class:`hamu.audit.ledger.Anchor`): a ledger
+    #: The ledger's chain head when the receipt was issued (:class:`hamu.governance.audit.ledger.Anchor`): a
+    #: ledger
     #: cut back to before it no longer holds this anchor, which verification reports.
     ledger_anchor: dict[str, Any] = field(default_factory=dict)
 

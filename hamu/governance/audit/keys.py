@@ -3,7 +3,7 @@
 IDs only ever enter the audit trail, MLflow or Prefect as HMAC-SHA-256 keyed hashes. A plain SHA-256 of a
 short, structured ID (``fmnist-train-000123``) can be reversed by enumeration; a keyed hash cannot without
 the key, which lives apart from the trail (a 0600 file under HAMU_HOME, or an environment variable) and is
-never logged. The same key MACs the ledger's chain (:mod:`hamu.audit.ledger`).
+never logged. The same key MACs the ledger's chain (:mod:`hamu.governance.audit.ledger`).
 """
 
 from __future__ import annotations
