@@ -55,8 +55,8 @@ from hamu.unlearner import (
     UnlearnConfig,
     Unlearner,
     UnlearnResult,
-    _forward,
-    _move,
+    call_model,
+    move_to_device,
     resolve_device,
 )
 
@@ -172,9 +172,9 @@ def _mean_loss_tensor(
         model.eval()
         with torch.no_grad():
             for batch in batches:
-                inputs, targets = _move(batch, device)
+                inputs, targets = move_to_device(batch, device)
                 n = _rows(targets)
-                total = total + loss_fn(_forward(model, inputs), targets).detach().double() * n
+                total = total + loss_fn(call_model(model, inputs), targets).detach().double() * n
                 rows += n
     finally:
         for m, mode in modes:

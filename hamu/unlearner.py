@@ -209,17 +209,21 @@ def _logits(outputs: Any) -> torch.Tensor:
     return outputs.logits if hasattr(outputs, "logits") else outputs
 
 
-def _move(obj: Any, device: torch.device) -> Any:
+def move_to_device(obj: Any, device: torch.device) -> Any:
+    """A batch (a tensor, or tensors nested in mappings, lists and tuples) on ``device``; the loop and the
+    target controller read batches of any of these shapes."""
     if isinstance(obj, torch.Tensor):
         return obj.to(device, non_blocking=True)
     if isinstance(obj, Mapping):
-        return {k: _move(v, device) for k, v in obj.items()}
+        return {k: move_to_device(v, device) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
-        return type(obj)(_move(v, device) for v in obj)
+        return type(obj)(move_to_device(v, device) for v in obj)
     return obj
 
 
-def _forward(model: nn.Module, inputs: Any) -> torch.Tensor:
+def call_model(model: nn.Module, inputs: Any) -> torch.Tensor:
+    """The model's logits for ``inputs``: keyword arguments for a mapping (a tokenizer's output), one
+    positional argument otherwise; models returning an object with ``logits`` are unwrapped."""
     return _logits(model(**inputs) if isinstance(inputs, Mapping) else model(inputs))
 
 
@@ -295,12 +299,12 @@ class Unlearner:
 
     # -- gradients -------------------------------------------------------------------------------------
     def _objective_loss(self, objective: Objective, inputs: Any, targets: Any) -> torch.Tensor:
-        logits = _forward(self.model, inputs)
+        logits = call_model(self.model, inputs)
         if objective == "task":
             return self.loss_fn(logits, targets)
         assert self.reference is not None
         with torch.no_grad():
-            ref_logits = _forward(self.reference, inputs)
+            ref_logits = call_model(self.reference, inputs)
         kl = _kl_to_reference(logits, ref_logits)
         if objective == "kl":
             return kl
@@ -321,8 +325,8 @@ class Unlearner:
             self.model.eval()
             try:
                 for batch in batches:
-                    inputs, targets = _move(batch, self.device)
-                    total = total + self.loss_fn(_forward(self.model, inputs), targets).detach()
+                    inputs, targets = move_to_device(batch, self.device)
+                    total = total + self.loss_fn(call_model(self.model, inputs), targets).detach()
             finally:
                 for m, mode in modes:
                     m.training = mode
@@ -334,7 +338,7 @@ class Unlearner:
             p.grad = None
         total = torch.zeros((), device=self.device)
         for batch in batches:
-            inputs, targets = _move(batch, self.device)
+            inputs, targets = move_to_device(batch, self.device)
             loss = self._objective_loss(objective, inputs, targets)
             (loss / len(batches)).backward()
             total = total + loss.detach()
