@@ -1,7 +1,8 @@
 """How long does validating a deletion batch take? (target: 100k requests vs a 1M-row manifest ≤ 5 s)
 
 Builds a synthetic manifest and batch (2 % unknown, 1 % already erased, 1 % duplicate records), then
-times :func:`tasks.validation.validate_requests` end to end: pandas membership and verdicts plus the GX
+times :func:`hamu_pipeline.tasks.validation.validate_requests` end to end: pandas membership and verdicts
+plus the GX
 suite. The GX import is timed separately because a long-running worker pays it once.
 Run: ``.venv/bin/python bench/validation_speed.py [--quick]``.
 """
@@ -58,10 +59,10 @@ def main() -> int:
     args = parser.parse_args()
 
     t0 = time.perf_counter()
-    from tasks.validation import validate_requests
+    from hamu_pipeline.tasks.validation import validate_requests
 
     import_s = time.perf_counter() - t0
-    print(f"import tasks.validation (great_expectations): {import_s:.2f} s")
+    print(f"import hamu_pipeline.tasks.validation (great_expectations): {import_s:.2f} s")
     cases = [(10_000, 100_000)] if args.quick else [(10_000, 100_000), (100_000, 1_000_000)]
     rng = np.random.default_rng(0)
     print(f"{'requests':>10} {'manifest':>10} {'ids as':>7} {'validate_requests s':>20} {'verdicts':<60}")

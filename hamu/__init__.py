@@ -13,6 +13,7 @@ from hamu.core import (
     block_coefficients,
     solve_block,
 )
+from hamu.hardness import HardnessReport, assess_hardness
 from hamu.methods import METHODS, make_method
 from hamu.unlearner import (
     NonFiniteError,
@@ -33,12 +34,14 @@ __all__ = [
     "ForgetTarget",
     "HamuConfig",
     "HamuTransform",
+    "HardnessReport",
     "NonFiniteError",
     "StepRecord",
     "TargetResult",
     "UnlearnConfig",
     "UnlearnResult",
     "Unlearner",
+    "assess_hardness",
     "block_coefficients",
     "make_method",
     "solve_block",

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -173,3 +174,28 @@ def postgres_url(request: pytest.FixtureRequest) -> Iterator[str]:
     with engine.begin() as conn:
         conn.execute(text("DROP TABLE IF EXISTS deletion_requests"))
     engine.dispose()
+
+
+@contextmanager
+def pipeline_home(root: Path) -> Iterator[Path]:
+    """``root`` as HAMU_HOME with its own MLflow store and a Prefect test harness; every setting (the
+    environment and MLflow's process-wide tracking URI, which another test file may have set) is restored
+    afterwards. For module-scoped ``home`` fixtures of the end-to-end tests."""
+    import mlflow
+    from prefect.testing.utilities import prefect_test_harness
+
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    previous = mlflow.get_tracking_uri()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HAMU_HOME", str(root))
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        mp.delenv("HAMU_AUDIT_KEY", raising=False)
+        from hamu_pipeline.tasks.env import configure_environment
+
+        configure_environment(root)
+        mlflow.set_tracking_uri(uri)
+        try:
+            with prefect_test_harness(server_startup_timeout=120):
+                yield root
+        finally:
+            mlflow.set_tracking_uri(previous)

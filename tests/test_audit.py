@@ -141,7 +141,7 @@ def test_receipts_are_found_by_keyed_hash(tmp_path: Path) -> None:
 def test_redact_ids_replaces_every_raw_id_by_its_keyed_hash() -> None:
     """Validation reasons quote IDs; receipts and reports must not."""
     from hamu.governance.audit import KeyedHasher
-    from tasks.audit import redact_ids
+    from hamu_pipeline.tasks.audit import redact_ids
 
     hasher = KeyedHasher(b"r" * 32)
     ids = ["req-001", "digits-train-000007", "bad id with spaces"]
@@ -159,7 +159,7 @@ def test_redact_ids_replaces_every_raw_id_by_its_keyed_hash() -> None:
 
 
 def test_fault_spec_must_name_a_stage(monkeypatch: pytest.MonkeyPatch) -> None:
-    from tasks.faults import STAGES, check_fault_spec, maybe_fault
+    from hamu_pipeline.tasks.faults import STAGES, check_fault_spec, maybe_fault
 
     monkeypatch.setenv("HAMU_FAULT", "after:evaluat")
     with pytest.raises(ValueError, match="not after:<stage>"):

@@ -1,6 +1,7 @@
 """The deletion batch's decisions, tested without Prefect, MLflow or a queue.
 
-The flow only lists stages; what it decides lives in plain functions of ``tasks.stages``: the path
+The flow only lists stages; what it decides lives in plain functions of ``hamu_pipeline.tasks.stages``: the
+path
 (unlearn or retrain: hardness verdict, measured cost, the lineage's drift), which reference may be trained
 and used, the verdict's wiring (a candidate that is the original's weights fails), and the drift outcome
 after the batch. Each is run here on real (tiny) digits models, with a bad case that must come out wrong.
@@ -24,9 +25,16 @@ from hamu.evaluation import EvaluationConfig, MissingReferenceError, MLPTrainer,
 from hamu.governance.drift import DriftBudget, DriftState
 from hamu.hardness import HardnessReport, assess_hardness
 from hamu.train import TrainedModel
-from tasks.config import BatchConfig
-from tasks.models import ServedModel, model_digest
-from tasks.stages import Candidate, choose_path, drift_outcome, judge, trains_reference, usable_reference
+from hamu_pipeline.tasks.config import BatchConfig
+from hamu_pipeline.tasks.models import ServedModel, model_digest
+from hamu_pipeline.tasks.stages import (
+    Candidate,
+    choose_path,
+    drift_outcome,
+    judge,
+    trains_reference,
+    usable_reference,
+)
 
 Data = tuple[torch.Tensor, torch.Tensor]
 

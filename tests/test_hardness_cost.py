@@ -19,15 +19,15 @@ import torch.nn.functional as F
 from torch import nn
 
 import hamu.hardness
-from flows.config import BatchConfig
 from hamu.core.transform import HamuConfig
 from hamu.governance.decision import CostEstimate, decide
 from hamu.hardness import HardnessReport, assess_hardness
 from hamu.methods.registry import METHODS
 from hamu.quickstart import train_briefly
 from hamu.unlearner import resolve_device
-from tasks.hardness import assess, gate
-from tasks.models import ServedModel
+from hamu_pipeline.flows.config import BatchConfig
+from hamu_pipeline.tasks.hardness import assess, gate
+from hamu_pipeline.tasks.models import ServedModel
 
 Data = tuple[torch.Tensor, torch.Tensor]
 
@@ -147,7 +147,7 @@ def test_task_times_on_the_device_the_unlearning_task_uses(
     monkeypatch.setattr(hamu.hardness, "resolve_device", spy)
     model, retain, forget = digits
     report, per_step = assess(_champion(model, 480, 1.0), retain, forget, _batch_config("gdiff"))
-    # tasks.unlearning.run_unlearning runs on device="auto" (CUDA when present)
+    # hamu_pipeline.tasks.unlearning.run_unlearning runs on device="auto" (CUDA when present)
     assert asked == ["auto"]
     assert torch.device(report.device).type == resolve_device("auto").type
     assert report.method == "gdiff" and per_step == report.seconds_per_step

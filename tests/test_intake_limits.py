@@ -219,7 +219,7 @@ def cli_home(tmp_path: Path) -> Iterator[Path]:
 
 
 def _submit(*args: str) -> Any:
-    from flows.cli import app
+    from hamu_pipeline.flows.cli import app
 
     return CliRunner().invoke(app, ["requests", "submit", *args])
 

@@ -164,7 +164,12 @@ def test_refresh_keeps_the_description_short_and_logs_the_full_history(store: Pa
     import mlflow
     from mlflow import MlflowClient
 
-    from tasks.registration import HISTORY_ARTIFACT, HISTORY_JSON_ARTIFACT, HISTORY_TAG, refresh_model_card
+    from hamu_pipeline.tasks.registration import (
+        HISTORY_ARTIFACT,
+        HISTORY_JSON_ARTIFACT,
+        HISTORY_TAG,
+        refresh_model_card,
+    )
 
     client = MlflowClient()
     experiment = client.create_experiment("cards", artifact_location=(store / "artifacts").as_uri())

@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from conftest import pipeline_home
 from typer.testing import CliRunner
 
 pytestmark = pytest.mark.slow
@@ -34,28 +35,13 @@ def _write_requests(path: Path, rows: list[tuple[str, str, str]]) -> Path:
 
 @pytest.fixture(scope="module")
 def home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    root = tmp_path_factory.mktemp("hamu-home")
-    saved = {k: os.environ.get(k) for k in ("HAMU_HOME", "MLFLOW_TRACKING_URI", "HAMU_AUDIT_KEY")}
-    os.environ["HAMU_HOME"] = str(root)
-    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{root / 'mlflow.db'}"
-    os.environ.pop("HAMU_AUDIT_KEY", None)
-    from tasks.env import configure_environment
-
-    configure_environment(root)
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
+    with pipeline_home(tmp_path_factory.mktemp("hamu-home")) as root:
         yield root
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
 
 
 @pytest.fixture(scope="module")
 def record_ids() -> list[str]:
-    from tasks.models import load_preset_data
+    from hamu_pipeline.tasks.models import load_preset_data
 
     return load_preset_data(PRESET).manifest_ids
 
@@ -63,14 +49,16 @@ def record_ids() -> list[str]:
 @pytest.fixture(scope="module")
 def batch_run(home: Path, record_ids: list[str]) -> dict:
     """Submit a batch through the CLI (60 known records, one unknown, one repeat) and run the flow once."""
-    from flows.cli import app
-    from flows.config import BatchConfig
-    from flows.deletion_batch import deletion_batch
+    from hamu_pipeline.flows.cli import app
+    from hamu_pipeline.flows.config import BatchConfig
+    from hamu_pipeline.flows.deletion_batch import deletion_batch
 
     forget = record_ids[5:65]
     rows = [(f"req-{i:03d}", rec, "privacy") for i, rec in enumerate(forget)]
     rows += [("req-unknown", "digits-train-999999", "privacy"), ("req-repeat", forget[0], "copyright")]
     path = _write_requests(home / "batch1.csv", rows)
+    first = CliRunner().invoke(app, ["init", "--preset", PRESET])  # the champion: a batch never creates one
+    assert first.exit_code == 0, first.output
     result = CliRunner().invoke(app, ["requests", "submit", str(path)])
     assert result.exit_code == 0, result.output
     config = BatchConfig(
@@ -167,7 +155,7 @@ def test_report_is_filed_in_audit_mlflow_and_model_card(batch_run: dict, home: P
 
 
 def test_audit_verifies_traces_and_detects_tampering(batch_run: dict, home: Path) -> None:
-    from flows.cli import app
+    from hamu_pipeline.flows.cli import app
 
     runner = CliRunner()
     ok = runner.invoke(app, ["audit", "verify"])
@@ -216,9 +204,9 @@ def test_no_raw_forget_id_in_any_store(batch_run: dict, home: Path) -> None:
 
 
 def test_second_run_finds_nothing_and_malformed_file_changes_nothing(batch_run: dict, home: Path) -> None:
-    from flows.cli import app
-    from flows.deletion_batch import deletion_batch
     from hamu.governance.requests import RequestQueue
+    from hamu_pipeline.flows.cli import app
+    from hamu_pipeline.flows.deletion_batch import deletion_batch
 
     again = deletion_batch(batch_run["config"])
     assert again["status"] == "empty"
@@ -260,7 +248,17 @@ def _cli_env() -> dict[str, str]:
     return env
 
 
-BATCH_CMD = [sys.executable, "-m", "flows.cli", "batch", "run", "--preset", PRESET, "--max-steps", "5"]
+BATCH_CMD = [
+    sys.executable,
+    "-m",
+    "hamu_pipeline.flows.cli",
+    "batch",
+    "run",
+    "--preset",
+    PRESET,
+    "--max-steps",
+    "5",
+]
 BATCH_CMD += ["--shadow-models", "0", "--gate-policy", "warn"]
 CRASH_STAGES = ("claim", "validate", "hardness", "reference", "unlearn", "evaluate", "register", "receipts")
 # close-requests last: the queue has closed the requests, the version is not completed yet; the next
@@ -283,7 +281,7 @@ def test_crash_at_every_stage_keeps_queue_champion_and_audit(
     final run leaves each request erased exactly once, by one completed batch, and no working area."""
     from mlflow import MlflowClient
 
-    from flows.cli import app
+    from hamu_pipeline.flows.cli import app
 
     name = batch_run["config"].registered_name
     client = MlflowClient()
@@ -312,7 +310,7 @@ def test_crash_at_every_stage_keeps_queue_champion_and_audit(
     version = client.get_model_version(name, mine[0].model_version)
     assert version.tags["batch_status"] == "completed"  # rolled forward by the final run's recovery
     assert str(client.get_registered_model(name).aliases["candidate"]) == str(version.version)
-    from tasks.promotion import read_batch
+    from hamu_pipeline.tasks.promotion import read_batch
 
     assert read_batch(home / "audit", mine[0].batch_id).status == "completed"  # promotable, not "running"
     # batch 1's candidate was never promoted: its 60 records are forgotten again from the champion
@@ -329,7 +327,7 @@ def test_crash_at_every_stage_keeps_queue_champion_and_audit(
 
 def test_two_concurrent_batch_runs_handle_each_request_once(home: Path, record_ids: list[str]) -> None:
     """Two `hamu batch run` processes started together: one claims the work, the other says so."""
-    from flows.cli import app
+    from hamu_pipeline.flows.cli import app
 
     rows = [(f"conc-{i:03d}", rec, "privacy") for i, rec in enumerate(record_ids[300:320])]
     submitted = CliRunner().invoke(app, ["requests", "submit", str(_write_requests(home / "b3.csv", rows))])
@@ -367,9 +365,9 @@ def test_a_target_not_reached_makes_the_exact_retrain_the_outcome(
     and the ledger, the tags and the report say why."""
     from mlflow import MlflowClient
 
-    from flows.cli import app
-    from flows.deletion_batch import deletion_batch
     from hamu.governance.audit import Ledger
+    from hamu_pipeline.flows.cli import app
+    from hamu_pipeline.flows.deletion_batch import deletion_batch
 
     rows = [(f"tgt-{i:03d}", rec, "privacy") for i, rec in enumerate(record_ids[700:710])]
     submitted = CliRunner().invoke(app, ["requests", "submit", str(_write_requests(home / "tgt.csv", rows))])
@@ -404,8 +402,8 @@ def _state(home: Path, name: str) -> tuple[bytes, dict[str, str], list[tuple[str
 
 
 def _exact_batch(home: Path, batch_run: dict, rows: list[tuple[str, str, str]], path: str) -> dict:
-    from flows.cli import app
-    from flows.deletion_batch import deletion_batch
+    from hamu_pipeline.flows.cli import app
+    from hamu_pipeline.flows.deletion_batch import deletion_batch
 
     submitted = CliRunner().invoke(app, ["requests", "submit", str(_write_requests(home / path, rows))])
     assert submitted.exit_code == 0, submitted.output
@@ -423,9 +421,9 @@ def test_promotion_is_gated_by_one_verdict_and_erased_means_served(
     override; rollback to a model that carries erased records is refused with no way around it."""
     from mlflow import MlflowClient
 
-    from flows.cli import app
     from hamu.governance.audit import Ledger
     from hamu.governance.requests import RequestQueue
+    from hamu_pipeline.flows.cli import app
 
     name = batch_run["config"].registered_name
     client = MlflowClient()

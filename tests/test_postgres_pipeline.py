@@ -24,7 +24,7 @@ PRESET = "digits-cpu"
 
 def _hamu(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "flows.cli", *args],
+        [sys.executable, "-m", "hamu_pipeline.flows.cli", *args],
         env=env,
         cwd=Path(__file__).resolve().parents[1],
         capture_output=True,
@@ -77,7 +77,7 @@ def test_a_batch_on_postgresql_queue_and_mlflow_store(
 ) -> None:
     from sqlalchemy import create_engine, text
 
-    from tasks.models import load_preset_data
+    from hamu_pipeline.tasks.models import load_preset_data
 
     queue_url, mlflow_url = postgres_server.create_database(), postgres_server.create_database()
     prefect_url = postgres_server.create_database()
@@ -92,6 +92,8 @@ def test_a_batch_on_postgresql_queue_and_mlflow_store(
 
     with _prefect_server(prefect_url, tmp_path / "prefect-server") as api:
         env["PREFECT_API_URL"] = api
+        first = _hamu(["init", "--preset", PRESET], env)
+        assert first.returncode == 0, (first.stdout + first.stderr)[-3000:]
         submitted = _hamu(["requests", "submit", str(requests)], env)
         assert submitted.returncode == 0, submitted.stderr[-2000:]
         batch = _hamu(["batch", "run", "--preset", PRESET, "--shadow-models", "0", "--exact"], env)

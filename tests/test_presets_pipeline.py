@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import pipeline_home
 from typer.testing import CliRunner
 
 pytestmark = pytest.mark.slow
@@ -26,8 +27,16 @@ PRESET = "tweets-cpu"
 TRAIN_ROWS, TEST_ROWS, FORGET_ROWS = 900, 300, 40
 
 
+def _init(preset: str) -> None:
+    """``hamu init``: the preset's first champion (a batch never creates one)."""
+    from hamu_pipeline.flows.cli import app
+
+    result = CliRunner().invoke(app, ["init", "--preset", preset])
+    assert result.exit_code == 0, result.output
+
+
 def _submit(home: Path, records: list[str], prefix: str = "req") -> None:
-    from flows.cli import app
+    from hamu_pipeline.flows.cli import app
 
     received = (datetime.now(UTC) - timedelta(minutes=2)).isoformat()
     path = home / "requests.csv"
@@ -56,15 +65,7 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     with pytest.MonkeyPatch.context() as mp:
         mp.setitem(PRESETS, PRESET, shrunk)
         mp.setitem(PRESETS, "fashion-mnist-cpu", small_fashion)
-        mp.setenv("HAMU_HOME", str(root))
-        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
-        mp.delenv("HAMU_AUDIT_KEY", raising=False)
-        from tasks.env import configure_environment
-
-        configure_environment(root)
-        from prefect.testing.utilities import prefect_test_harness
-
-        with prefect_test_harness(server_startup_timeout=120):
+        with pipeline_home(root):
             yield root
 
 
@@ -72,10 +73,11 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 def summary(home: Path) -> dict[str, Any]:
     """One batch of 40 erasures; a step budget no retrain of 900 tweets can lose to makes the cost-aware
     gate retrain exactly."""
-    from flows.config import BatchConfig
-    from flows.deletion_batch import deletion_batch
-    from tasks.models import load_preset_data
+    from hamu_pipeline.flows.config import BatchConfig
+    from hamu_pipeline.flows.deletion_batch import deletion_batch
+    from hamu_pipeline.tasks.models import load_preset_data
 
+    _init(PRESET)
     _submit(home, load_preset_data(PRESET).manifest_ids[:FORGET_ROWS])
     config = BatchConfig(
         preset=PRESET,
@@ -106,7 +108,7 @@ def test_retrain_candidate_is_registered_with_the_reference_featurizer(
     summary: dict[str, Any], home: Path
 ) -> None:
     from hamu.models import read_checkpoint_metadata
-    from tasks.models import load_version
+    from hamu_pipeline.tasks.models import load_version
 
     name = f"hamu-{PRESET}"
     candidate = load_version(name, summary["model_version"])  # rebuilds the model from its metadata
@@ -124,13 +126,14 @@ def test_retrain_candidate_is_registered_with_the_reference_featurizer(
 def test_every_method_completes_a_batch(home: Path, method: str) -> None:
     """Each method `hamu batch run --method` accepts runs a (tiny) digits batch to a registered candidate,
     plots included; single-objective methods (ft, ga) once failed in the plots stage."""
-    from flows.config import BatchConfig
-    from flows.deletion_batch import deletion_batch
     from hamu.methods import METHODS
-    from tasks.models import load_preset_data
+    from hamu_pipeline.flows.config import BatchConfig
+    from hamu_pipeline.flows.deletion_batch import deletion_batch
+    from hamu_pipeline.tasks.models import load_preset_data
 
     assert method in METHODS
     ids = load_preset_data("digits-cpu").manifest_ids
+    _init("digits-cpu")
     offset = 10 + 3 * list(METHODS).index(method)
     _submit(home, ids[offset : offset + 3], prefix=f"m{list(METHODS).index(method)}")
     config = BatchConfig(
@@ -154,11 +157,12 @@ def test_every_method_completes_a_batch(home: Path, method: str) -> None:
 def test_fashion_preset_completes_with_the_target_controller(home: Path) -> None:
     """The demo preset, shrunk: the batch drives unlearning to the reference's forget loss, or registers the
     exact retrain and says why."""
-    from flows.config import BatchConfig
-    from flows.deletion_batch import deletion_batch
     from hamu.governance.audit import Ledger
-    from tasks.models import load_preset_data
+    from hamu_pipeline.flows.config import BatchConfig
+    from hamu_pipeline.flows.deletion_batch import deletion_batch
+    from hamu_pipeline.tasks.models import load_preset_data
 
+    _init("fashion-mnist-cpu")
     _submit(home, load_preset_data("fashion-mnist-cpu").manifest_ids[:30], prefix="fm")
     summary = deletion_batch(
         BatchConfig(preset="fashion-mnist-cpu", max_steps=30, cost_aware=False, gate_policy="warn")

@@ -93,7 +93,7 @@ def _tiny(kind: str) -> tuple[torch.nn.Module, torch.Tensor]:
 def test_registered_model_stores_no_training_row_as_input_example(kind: str, mlflow_store: Path) -> None:
     import mlflow
 
-    from tasks.tracking import log_model_version
+    from hamu_pipeline.tasks.tracking import log_model_version
 
     exp = mlflow.create_experiment("privacy", artifact_location=(mlflow_store / "art").as_uri())
     model, rows = _tiny(kind)
@@ -123,7 +123,7 @@ def _mode(path: Path) -> int:
 
 
 def test_home_is_private_and_databases_are_owner_only(private_env: Path) -> None:
-    from tasks.env import configure_environment
+    from hamu_pipeline.tasks.env import configure_environment
 
     private_env.mkdir(mode=0o755)
     old_db = private_env / "mlflow.db"
@@ -152,10 +152,10 @@ def test_failed_batch_records_and_reraises_no_raw_id(
     """The flow's own failure path: a stage after the claim raises with record and request IDs in its text
     (and in the exception it was raised from); the ``failed`` record and the re-raised exception, which
     Prefect logs, carry keyed forms only. Real queue, ledger and MLflow store; the stages are stubbed."""
-    import flows.deletion_batch as batch
-    import tasks.stages.session as session
+    import hamu_pipeline.flows.deletion_batch as batch
+    import hamu_pipeline.tasks.stages.session as session
     from hamu.governance.requests import RequestQueue, Status
-    from tasks.recovery import RecoveryReport
+    from hamu_pipeline.tasks.recovery import RecoveryReport
 
     rows = [("req-alpha", "digits-train-000007"), ("req-beta", "digits-train-000042")]
     carried = "digits-train-000099"  # an earlier erasure: in the manifest, not in this batch's requests
@@ -185,7 +185,7 @@ def test_failed_batch_records_and_reraises_no_raw_id(
     monkeypatch.setattr(session, "recover_dead_batches", lambda *a: RecoveryReport())
     data = SimpleNamespace(manifest_ids=manifest_ids)
     monkeypatch.setattr(session, "load_preset_data", lambda preset: data)
-    monkeypatch.setattr(session, "ensure_champion", lambda *a: SimpleNamespace(version="1"))
+    monkeypatch.setattr(session, "require_champion", lambda *a: SimpleNamespace(version="1"))
     monkeypatch.setattr(batch, "claim", batch.claim.fn)  # the claim stage's own function: no Prefect server
     monkeypatch.setattr(batch, "validate", failing_stage)
     import mlflow
@@ -212,7 +212,7 @@ def test_failed_batch_records_and_reraises_no_raw_id(
 
 def test_failure_text_is_cut_without_leaving_part_of_an_id() -> None:
     """Text past 10,000 characters is cut before redaction; a cut inside an ID drops the whole token."""
-    from tasks.failure import redact_failure_text
+    from hamu_pipeline.tasks.failure import redact_failure_text
 
     rid = "digits-train-000007"
     text = " " * 9_993 + rid + " tail"  # the cut at 10,000 falls after "digits-"
@@ -226,7 +226,7 @@ def test_prefect_run_log_lines_carry_no_raw_id_while_the_batch_runs() -> None:
     every handler (Prefect's API handler included) must get the redacted line and traceback."""
     import logging
 
-    from tasks.failure import RUN_LOGGERS, redacted_run_logs
+    from hamu_pipeline.tasks.failure import RUN_LOGGERS, redacted_run_logs
 
     hasher = KeyedHasher(b"k" * 32)
     raw = "digits-train-000007"

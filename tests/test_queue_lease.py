@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from hamu.governance.requests import DEFAULT_LEASE, LeaseLostError, RequestQueue, Status
-from tasks.lease import LeaseKeeper, keep_lease
+from hamu_pipeline.tasks.lease import LeaseKeeper, keep_lease
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
 HEADER = "request_id,record_id,reason,received_at"

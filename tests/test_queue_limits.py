@@ -75,8 +75,8 @@ def queue(tmp_path: Path) -> Iterator[RequestQueue]:
 
 def test_a_claim_takes_at_most_the_default_cap_oldest_first(queue: RequestQueue, tmp_path: Path) -> None:
     """More pending requests than the cap: one claim takes exactly the cap, the oldest; the rest wait."""
-    from flows.config import BatchConfig
-    from tasks.intake import claim_batch
+    from hamu_pipeline.flows.config import BatchConfig
+    from hamu_pipeline.tasks.intake import claim_batch
 
     assert DEFAULT_MAX_REQUESTS == BatchConfig().max_requests == 10_000
     everything = submit(queue, tmp_path, "r", DEFAULT_MAX_REQUESTS + 5, shuffle=True)
@@ -94,7 +94,7 @@ def test_a_claim_takes_at_most_the_default_cap_oldest_first(queue: RequestQueue,
 def test_the_batch_config_always_has_a_cap() -> None:
     from pydantic import ValidationError
 
-    from flows.config import BatchConfig
+    from hamu_pipeline.flows.config import BatchConfig
 
     assert BatchConfig(max_requests=5).max_requests == 5
     for bad in (None, 0, -1):  # None used to mean "claim everything"
@@ -304,7 +304,7 @@ def cli_home(tmp_path: Path) -> Iterator[Path]:
 
 
 def test_cli_lists_quarantined_requests_with_their_reason(cli_home: Path, tmp_path: Path) -> None:
-    from flows.cli import app
+    from hamu_pipeline.flows.cli import app
 
     with RequestQueue(default_queue_url(cli_home)) as queue:
         everything = submit(queue, tmp_path, "r", 3)

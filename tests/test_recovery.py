@@ -14,8 +14,8 @@ def test_failed_batch_is_cleaned_up_and_recorded(mlflow_store: Path) -> None:
     import mlflow
     from mlflow import MlflowClient
 
-    from tasks.audit import BatchAudit
-    from tasks.recovery import clean_up_failed_batch
+    from hamu_pipeline.tasks.audit import BatchAudit
+    from hamu_pipeline.tasks.recovery import clean_up_failed_batch
 
     mlflow.set_tracking_uri(f"sqlite:///{mlflow_store / 'mlflow.db'}")
     client = MlflowClient()
@@ -42,8 +42,8 @@ def test_clean_up_never_hides_the_batch_error(mlflow_store: Path, monkeypatch: p
     the versions is left to the next run's recovery."""
     import mlflow
 
-    from tasks.audit import BatchAudit
-    from tasks.recovery import clean_up_failed_batch
+    from hamu_pipeline.tasks.audit import BatchAudit
+    from hamu_pipeline.tasks.recovery import clean_up_failed_batch
 
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")

@@ -20,7 +20,7 @@ T0 = datetime(2026, 3, 1, tzinfo=UTC)
 def test_recovery_spares_a_live_remote_batch_and_releases_an_expired_one(mlflow_store: Path) -> None:
     from mlflow import MlflowClient
 
-    from tasks.recovery import recover_dead_batches
+    from hamu_pipeline.tasks.recovery import recover_dead_batches
 
     now = [T0]
     queue = RequestQueue(f"sqlite:///{mlflow_store / 'requests.db'}", clock=lambda: now[0])
@@ -62,7 +62,7 @@ def test_a_batch_that_died_after_closing_its_requests_on_another_host_is_rolled_
     requests pointing at a version that can never be promoted."""
     from mlflow import MlflowClient
 
-    from tasks.recovery import closed_but_unfinished, recover_dead_batches
+    from hamu_pipeline.tasks.recovery import closed_but_unfinished, recover_dead_batches
 
     now = [T0]
     queue = RequestQueue(f"sqlite:///{mlflow_store / 'requests.db'}", clock=lambda: now[0])

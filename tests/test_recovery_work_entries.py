@@ -21,9 +21,9 @@ def _file(path: Path, text: str = "keep me") -> Path:
 
 
 def test_recovery_skips_entries_that_are_not_batches(mlflow_store: Path) -> None:
-    from tasks.audit import BatchAudit
-    from tasks.locks import BatchLock
-    from tasks.recovery import recover_dead_batches
+    from hamu_pipeline.tasks.audit import BatchAudit
+    from hamu_pipeline.tasks.locks import BatchLock
+    from hamu_pipeline.tasks.recovery import recover_dead_batches
 
     work = mlflow_store / "work"
     strays = [
@@ -68,7 +68,7 @@ def test_recovery_skips_entries_that_are_not_batches(mlflow_store: Path) -> None
 
 
 def test_recovery_of_a_missing_or_empty_work_folder_finds_nothing(mlflow_store: Path) -> None:
-    from tasks.recovery import recover_dead_batches
+    from hamu_pipeline.tasks.recovery import recover_dead_batches
 
     queue = RequestQueue(default_queue_url(mlflow_store / "home"))
     hasher = KeyedHasher(b"k" * 32)

@@ -194,7 +194,7 @@ def test_release_batch_leaves_unlearned_requests_alone(queue: RequestQueue, tmp_
 
 
 def test_close_requests_task_reports_unlearned_not_erased(queue: RequestQueue, tmp_path: Path) -> None:
-    from tasks.intake import close_requests
+    from hamu_pipeline.tasks.intake import close_requests
 
     queue.submit_file(write_requests(tmp_path, "b.csv", [("r-1", "rec-1"), ("r-2", "rec-2")]))
     queue.claim_batch("b-1")
@@ -395,7 +395,7 @@ def aged_home(cli_home: Path, tmp_path: Path) -> Path:
 
 
 def _list(*args: str) -> Any:
-    from flows.cli import app
+    from hamu_pipeline.flows.cli import app
 
     return CliRunner().invoke(app, ["requests", "list", *args])
 

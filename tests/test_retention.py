@@ -19,7 +19,7 @@ import pytest
 from typer.testing import Result
 
 from hamu.governance.audit import KeyedHasher, Ledger, LedgerRecord, verify_ledger
-from tasks.env import StatePaths
+from hamu_pipeline.tasks.env import StatePaths
 
 KEY = bytes(range(32))
 HASHER = KeyedHasher(KEY)
@@ -46,8 +46,8 @@ def home(tmp_path: Path) -> Iterator[StatePaths]:
     os.environ.pop("HAMU_QUEUE_URL", None)
     os.environ["HAMU_AUDIT_KEY"] = KEY.hex()
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path / 'hamu' / 'mlflow.db'}"
-    from tasks.env import configure_environment
-    from tasks.tracking import ensure_experiment
+    from hamu_pipeline.tasks.env import configure_environment
+    from hamu_pipeline.tasks.tracking import ensure_experiment
 
     paths = configure_environment(tmp_path / "hamu")
     ensure_experiment(paths)
@@ -66,7 +66,7 @@ def _checkpoint(root: Path, name: str, seed: float, erased: list[str] | None) ->
 
     from hamu.governance.lineage import ErasureManifest
     from hamu.models.checkpoint import tensors_digest
-    from tasks.lineage import MANIFEST_FILE
+    from hamu_pipeline.tasks.lineage import MANIFEST_FILE
 
     folder = root / f"staged-{name}"
     folder.mkdir()
@@ -131,8 +131,8 @@ def trail(home: StatePaths, tmp_path: Path) -> Trail:
     from hamu.governance.audit import ANCHOR_TAG
     from hamu.governance.lineage import ErasureManifest
     from hamu.governance.requests import JudgedRequest, RequestQueue
-    from tasks.audit import BatchAudit
-    from tasks.tracking import log_model_version
+    from hamu_pipeline.tasks.audit import BatchAudit
+    from hamu_pipeline.tasks.tracking import log_model_version
 
     paths = home
     client = MlflowClient()
@@ -230,7 +230,7 @@ def _versions() -> dict[str, tuple[dict[str, str], str]]:
 def _invoke(*args: str) -> Result:
     from typer.testing import CliRunner
 
-    from flows.cli import app
+    from hamu_pipeline.flows.cli import app
 
     return CliRunner().invoke(app, list(args))
 
@@ -250,7 +250,7 @@ def test_dry_run_lists_the_obsolete_copies_and_changes_nothing(trail: Trail) -> 
 
 def test_apply_deletes_exactly_the_obsolete_copies_and_records_them(trail: Trail) -> None:
     from hamu.governance.audit import file_sha256
-    from tasks.trail import ManifestMismatch, verified_manifest
+    from hamu_pipeline.tasks.trail import ManifestMismatch, verified_manifest
 
     assert _invoke("audit", "verify").exit_code == 0
     kept = {v: _snapshot(trail.ckpt[v]) for v in ("2", "3", "4")}
@@ -300,7 +300,7 @@ def test_apply_deletes_exactly_the_obsolete_copies_and_records_them(trail: Trail
 def test_artifacts_deleted_without_a_retention_record_are_reported(trail: Trail) -> None:
     import shutil
 
-    from tasks.trail import cross_check
+    from hamu_pipeline.tasks.trail import cross_check
 
     assert cross_check(trail.paths.audit, HASHER, []) == []
     shutil.rmtree(trail.ckpt["4"])
@@ -315,8 +315,8 @@ def test_artifacts_deleted_without_a_retention_record_are_reported(trail: Trail)
 
 def test_a_retention_record_whose_artifacts_remain_is_reported(trail: Trail) -> None:
     """A run cut short after its record: the ledger says deleted, the store still holds the weights."""
-    from tasks.audit import BatchAudit
-    from tasks.trail import cross_check
+    from hamu_pipeline.tasks.audit import BatchAudit
+    from hamu_pipeline.tasks.trail import cross_check
 
     BatchAudit(trail.paths.audit, HASHER, "retention-x").record(
         "retention", decision="deleted", params={"versions": [{"model": "m", "version": "4"}], "files": []}
@@ -333,10 +333,10 @@ def test_no_checkpoint_copy_is_left_in_the_system_temp_dir(
 
     from hamu.governance.lineage import ErasureManifest
     from hamu.models.registry import build_model
-    from tasks.lineage import still_carried
-    from tasks.models import load_version
-    from tasks.registration import register_candidate
-    from tasks.trail import cross_check
+    from hamu_pipeline.tasks.lineage import still_carried
+    from hamu_pipeline.tasks.models import load_version
+    from hamu_pipeline.tasks.registration import register_candidate
+    from hamu_pipeline.tasks.trail import cross_check
 
     system_tmp = tmp_path / "system-tmp"
     system_tmp.mkdir()

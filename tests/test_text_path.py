@@ -28,9 +28,9 @@ from hamu.evaluation import (
 from hamu.models import CheckpointError, load_checkpoint, save_checkpoint
 from hamu.train import TrainedModel, get_preset, train_model
 from hamu.train.trainer import featurizer_from_metadata
-from tasks.env import StatePaths
-from tasks.evaluation import evaluate, own_inputs, shadow_specs, train_shadow
-from tasks.models import ServedModel, candidate_source, retrained_reference
+from hamu_pipeline.tasks.env import StatePaths
+from hamu_pipeline.tasks.evaluation import evaluate, own_inputs, shadow_specs, train_shadow
+from hamu_pipeline.tasks.models import ServedModel, candidate_source, retrained_reference
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

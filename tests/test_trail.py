@@ -255,7 +255,7 @@ def _register(root: Path, ledger: Ledger, erased: list[str], batch: str) -> tupl
     from hamu.governance.audit import ANCHOR_TAG
     from hamu.governance.lineage import ErasureManifest
     from hamu.models.checkpoint import tensors_digest
-    from tasks.lineage import MANIFEST_FILE
+    from hamu_pipeline.tasks.lineage import MANIFEST_FILE
 
     folder = root / f"ckpt-{batch}"
     folder.mkdir()
@@ -292,8 +292,8 @@ def test_swapped_erasure_manifest_is_refused_and_named(registry: Path) -> None:
     """A manifest pasted into an old version's checkpoint must not let a rollback pass its coverage gate."""
     from mlflow import MlflowClient
 
-    from tasks.promotion import removed_by
-    from tasks.trail import ManifestMismatch, cross_check, verified_manifest
+    from hamu_pipeline.tasks.promotion import removed_by
+    from hamu_pipeline.tasks.trail import ManifestMismatch, cross_check, verified_manifest
 
     client = MlflowClient()
     client.create_registered_model("m")
@@ -317,7 +317,7 @@ def test_cross_check_names_versions_aliases_and_weights_the_ledger_does_not_vouc
     from mlflow import MlflowClient
     from safetensors.torch import save_file
 
-    from tasks.trail import cross_check
+    from hamu_pipeline.tasks.trail import cross_check
 
     client = MlflowClient()
     client.create_registered_model("m")
@@ -374,8 +374,8 @@ def test_trace_refuses_a_ledger_with_a_line_appended_without_the_key(
     """A forged receipt plus one un-MACed line referencing it must not be shown as an erasure receipt."""
     from typer.testing import CliRunner
 
-    from flows.cli import app
     from hamu.governance.audit.keys import KEY_ENV
+    from hamu_pipeline.flows.cli import app
 
     home = tmp_path / "home"
     monkeypatch.setenv("HAMU_HOME", str(home))
@@ -396,7 +396,7 @@ def test_an_abandoned_tag_does_not_exempt_a_served_version(registry: Path) -> No
     from mlflow import MlflowClient
     from safetensors.torch import save_file
 
-    from tasks.trail import cross_check
+    from hamu_pipeline.tasks.trail import cross_check
 
     client = MlflowClient()
     client.create_registered_model("m")
@@ -414,7 +414,7 @@ def test_an_abandoned_tag_does_not_exempt_a_served_version(registry: Path) -> No
 def test_an_unreadable_manifest_is_a_refusal_not_a_traceback(registry: Path) -> None:
     from mlflow import MlflowClient
 
-    from tasks.trail import ManifestMismatch, cross_check, verified_manifest
+    from hamu_pipeline.tasks.trail import ManifestMismatch, cross_check, verified_manifest
 
     client = MlflowClient()
     client.create_registered_model("m")
@@ -455,9 +455,9 @@ def test_an_original_a_dead_first_run_never_recorded_is_abandoned_and_recorded(r
     verification would report forever; the next first run abandons it, with a record."""
     from mlflow import MlflowClient
 
-    from tasks.env import StatePaths
-    from tasks.models import _abandon_unrecorded_originals
-    from tasks.trail import cross_check
+    from hamu_pipeline.tasks.env import StatePaths
+    from hamu_pipeline.tasks.models import _abandon_unrecorded_originals
+    from hamu_pipeline.tasks.trail import cross_check
 
     client = MlflowClient()
     client.create_registered_model("m")

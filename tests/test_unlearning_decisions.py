@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tasks.unlearning import retrain_instead
+from hamu_pipeline.tasks.unlearning import retrain_instead
 
 WHY = "forget loss 0.04 → 0.30, target 0.47 ± 0.11, stop max_steps after 100 steps"
 

@@ -19,7 +19,7 @@ from hamu.governance.requests import (
     Status,
     default_queue_url,
 )
-from tasks.validation import (
+from hamu_pipeline.tasks.validation import (
     EXPECTATIONS_DIR,
     build_suite,
     load_suite_spec,

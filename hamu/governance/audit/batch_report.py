@@ -5,7 +5,8 @@ verdict and the decision it led to, the forgetting evidence against the retraine
 the utility change, the promotion gates and cumulative drift, and which model versions were involved.
 
 It is built from aggregates only. Requests appear as short keyed hashes; the caller must pass reasons
-that were already redacted (``tasks.audit.redact_ids``). The HTML embeds its plots as data URIs so the
+that were already redacted (``hamu_pipeline.tasks.audit.redact_ids``). The HTML embeds its plots as data URIs
+so the
 single file is the whole report, whether it is opened from MLflow, from the audit folder or from email.
 """
 

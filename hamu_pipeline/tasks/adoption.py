@@ -1,0 +1,129 @@
+"""Adopting an existing registered model version as the first ``champion`` (``hamu init --from-version``).
+
+A lineage of erasures can only start from a model whose training data the pipeline knows: the version must
+carry a hamu checkpoint that rebuilds the preset's architecture with its weights (strictly), record the
+digest of exactly this preset's training manifest, and list no erasures. The model's other versions
+predate the lineage: they are tagged ``abandoned`` and listed in one ledger record. Adoption then writes
+the same ``register-original`` ledger record (weights digest, manifest digest, empty erasure manifest)
+that training an original writes, anchors the version to the chain, and sets ``champion``. Every refusal
+changes nothing: no tag, no alias, no ledger record.
+"""
+
+from __future__ import annotations
+
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+from hamu.data.digest import dataset_digest
+from hamu.governance.audit import ANCHOR_TAG, Ledger, LedgerRecord, load_or_create_key
+from hamu.models.checkpoint import CheckpointError
+from hamu.train import get_preset
+from hamu_pipeline.tasks.env import StatePaths
+from hamu_pipeline.tasks.models import (
+    PresetData,
+    ServedModel,
+    _exclusive,
+    _record_original,
+    load_version,
+    refuse_if_erasures,
+)
+from hamu_pipeline.tasks.tracking import alias_version, set_alias
+
+
+class AdoptionRefused(ValueError):
+    """The version cannot start this preset's lineage; the message says which check it failed."""
+
+
+def adopt_version(paths: StatePaths, data: PresetData, name: str, version: str) -> ServedModel:
+    """Make ``name`` version ``version`` the champion, after checking that it is this preset's model
+    trained on this preset's manifest and that it is the first champion of an erasure-free store."""
+    preset = data.preset
+    with _exclusive(paths.home / f"champion-{name}.lock"):
+        current = alias_version(name, "champion")
+        if current is not None:
+            raise AdoptionRefused(
+                f"{name} already has champion version {current.version}; adoption only starts a lineage "
+                "(move champion with `hamu promote` or `hamu rollback`)"
+            )
+        refuse_if_erasures(paths, data, f"adopt {name} version {version}")
+        try:
+            MlflowClient().get_model_version(name, version)
+            served = load_version(name, version)
+        except MlflowException as exc:
+            raise AdoptionRefused(
+                f"{name} version {version} cannot be read from the registry: {exc}"
+            ) from exc
+        except (FileNotFoundError, CheckpointError) as exc:
+            raise AdoptionRefused(
+                f"{name} version {version} holds no loadable hamu checkpoint for preset {preset!r}: {exc}"
+            ) from exc
+        _check_fits(served, data)
+        _set_aside_other_versions(paths, name, version)
+        record = _record_original(
+            paths,
+            name,
+            version,
+            served.model,
+            preset,
+            manifest_digest=str(served.metadata["data_digest"]),
+            reason=f"adopted existing version {version} (trained on preset {preset!r}'s full manifest)",
+        )
+        client = MlflowClient()
+        tags = {"role": "original", "preset": preset, "data_digest": str(served.metadata["data_digest"])}
+        for key, value in {**tags, ANCHOR_TAG: f"{record.seq}:{record.record_hash}"}.items():
+            client.set_model_version_tag(name, version, key, value)
+        set_alias(name, "champion", version)
+    return load_version(name, version)
+
+
+def _set_aside_other_versions(paths: StatePaths, name: str, adopted: str) -> None:
+    """The registered model's other versions predate the lineage: none was judged, and none may be served
+    by it. Each is tagged ``batch_status=abandoned`` (as a dead batch's version is), and one ledger record
+    lists them, so verification knows why they exist and promotion or rollback never picks one."""
+    client = MlflowClient()
+    others = sorted(
+        (
+            str(v.version)
+            for v in client.search_model_versions(f"name = '{name}'")
+            if str(v.version) != adopted
+        ),
+        key=int,
+    )
+    if not others:
+        return
+    for number in others:
+        client.set_model_version_tag(name, number, "batch_status", "abandoned")
+    key = load_or_create_key(paths.home, ledger=paths.audit / "ledger.jsonl")
+    Ledger(paths.audit, key=key).append(
+        LedgerRecord(
+            step="abandon-versions",
+            batch_id=f"original-{name}",
+            decision="abandoned",
+            reason=f"registered before version {adopted} was adopted as the first champion: "
+            "outside the lineage",
+            params={"versions": [f"{name}/{n}" for n in others]},
+        )
+    )
+
+
+def _check_fits(served: ServedModel, data: PresetData) -> None:
+    """The version is the preset's architecture, trained on exactly this manifest, with nothing erased."""
+    where = f"{served.name} version {served.version}"
+    expected = get_preset(data.preset).recipe.model
+    architecture = served.metadata.get("architecture")
+    if architecture != expected:
+        raise AdoptionRefused(
+            f"{where} is a {architecture!r} model; preset {data.preset!r} trains {expected!r}"
+        )
+    manifest = dataset_digest(data.train)
+    recorded = served.metadata.get("data_digest")
+    if recorded != manifest:
+        raise AdoptionRefused(
+            f"{where} was trained on other data (its checkpoint records data digest {recorded}, preset "
+            f"{data.preset!r}'s training manifest is {manifest}): erasures could not be traced to it"
+        )
+    if len(served.manifest):
+        raise AdoptionRefused(
+            f"{where} already lists {len(served.manifest)} erased record(s): "
+            "only an original starts a lineage"
+        )

@@ -1,0 +1,74 @@
+"""The hardness stage: HAMU's geometry on the champion, then the unlearn-or-retrain gate (hardness verdict,
+measured cost, the source lineage's drift budget; ``hamu.governance.decision``, docs/pipeline.md step 4)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import mlflow
+import numpy as np
+
+from hamu.governance.decision import Decision
+from hamu.governance.drift import breaches
+from hamu.hardness import HardnessReport
+from hamu_pipeline.tasks.config import BatchConfig
+from hamu_pipeline.tasks.hardness import assess, gate
+from hamu_pipeline.tasks.lineage import drift_of
+from hamu_pipeline.tasks.models import ServedModel
+from hamu_pipeline.tasks.stages.base import BatchContext, stage
+from hamu_pipeline.tasks.stages.split import Prepared
+
+
+@dataclass(frozen=True)
+class Gated:
+    """The champion's hardness report and the gate's decision on it."""
+
+    report: HardnessReport
+    decision: Decision
+
+    @property
+    def action(self) -> str:
+        return self.decision.action
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "action": self.decision.action,
+            "reason": self.decision.reason,
+            "hardness_verdict": self.report.verdict,
+            "kappa": self.report.kappa,
+        }
+
+
+def choose_path(
+    report: HardnessReport, seconds_per_step: float, champion: ServedModel, retain_rows: int, cfg: BatchConfig
+) -> Decision:
+    """Unlearn or retrain: the gate on the hardness report, the measured cost, and the drift the champion's
+    lineage has accumulated (read from its version tags) against this batch's budget."""
+    over_source = breaches(drift_of(champion), cfg.drift_budget())
+    return gate(report, seconds_per_step, champion, retain_rows, cfg, over_source)
+
+
+@stage("hardness", rerunnable=True)
+def hardness(ctx: BatchContext, prepared: Prepared) -> Gated:
+    """Assess the champion on paired retain/forget batches and decide between unlearning and retraining."""
+    cfg = ctx.config
+    report, per_step = assess(ctx.champion, prepared.retain, prepared.forget, cfg)
+    decision = choose_path(report, per_step, ctx.champion, len(prepared.retain[1]), cfg)
+    mlflow.log_metrics({f"hardness.{k}": float(v) for k, v in report.to_dict().items() if _finite_number(v)})
+    ctx.audit.record(
+        "hardness",
+        decision=decision.action,
+        reason=decision.reason,
+        params={"verdict": report.verdict, "warnings": list(decision.warnings)},
+        artifacts={
+            "hardness": ("hardness.json", json.dumps(report.to_dict(), sort_keys=True).encode()),
+            "decision": ("decision.json", json.dumps(decision.to_dict(), sort_keys=True).encode()),
+        },
+    )
+    return Gated(report, decision)
+
+
+def _finite_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and bool(np.isfinite(value))
