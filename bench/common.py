@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hamu.unlearner import eval_mode
+
 OUT = Path(__file__).resolve().parent / "out"
 
 
@@ -87,22 +89,19 @@ def table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], floatfmt: s
 
 @torch.no_grad()
 def mean_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 4096) -> float:
-    """Mean cross-entropy in eval mode, restoring the caller's mode (the unlearning loop trains)."""
-    was = model.training
-    model.eval()
+    """Mean cross-entropy in eval mode, restoring every module's mode: called from the unlearning loop's
+    callback, where batch norm is frozen and must stay so (``hamu.unlearner.eval_mode``)."""
     total = 0.0
-    for i in range(0, len(y), batch):
-        total += float(F.cross_entropy(model(x[i : i + batch]), y[i : i + batch], reduction="sum"))
-    model.train(was)
+    with eval_mode(model):
+        for i in range(0, len(y), batch):
+            total += float(F.cross_entropy(model(x[i : i + batch]), y[i : i + batch], reduction="sum"))
     return total / max(len(y), 1)
 
 
 @torch.no_grad()
 def losses_and_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[np.ndarray, float]:
-    was = model.training
-    model.eval()
-    logits = torch.cat([model(x[i : i + 4096]) for i in range(0, len(y), 4096)])
-    model.train(was)
+    with eval_mode(model):
+        logits = torch.cat([model(x[i : i + 4096]) for i in range(0, len(y), 4096)])
     losses = F.cross_entropy(logits, y, reduction="none").double().numpy()
     return losses, float((logits.argmax(1) == y).double().mean())
 

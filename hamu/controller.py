@@ -56,6 +56,7 @@ from hamu.unlearner import (
     Unlearner,
     UnlearnResult,
     call_model,
+    eval_mode,
     move_to_device,
     resolve_device,
 )
@@ -165,20 +166,14 @@ def _mean_loss_tensor(
     model: nn.Module, loss_fn: LossFn, batches: Sequence[Batch], device: torch.device
 ) -> torch.Tensor:
     """The row-weighted mean of ``loss_fn`` over ``batches`` (eval mode, no grad), left on the device."""
-    modes = [(m, m.training) for m in model.modules()]
     total = torch.zeros((), device=device, dtype=torch.float64)
     rows = 0
-    try:
-        model.eval()
-        with torch.no_grad():
-            for batch in batches:
-                inputs, targets = move_to_device(batch, device)
-                n = _rows(targets)
-                total = total + loss_fn(call_model(model, inputs), targets).detach().double() * n
-                rows += n
-    finally:
-        for m, mode in modes:
-            m.training = mode
+    with eval_mode(model), torch.no_grad():
+        for batch in batches:
+            inputs, targets = move_to_device(batch, device)
+            n = _rows(targets)
+            total = total + loss_fn(call_model(model, inputs), targets).detach().double() * n
+            rows += n
     return total / rows
 
 

@@ -27,6 +27,7 @@ import logging
 import math
 import random
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal, Protocol
 
@@ -235,6 +236,23 @@ def _kl_to_reference(logits: torch.Tensor, reference_logits: torch.Tensor) -> to
         log_target=True,
         reduction="batchmean",
     )
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """``model`` in eval mode while the block runs; every module's own mode is restored afterwards.
+
+    Why per module: ``model.train(was)`` switches every submodule to one mode, so a loss measured from a
+    callback inside :class:`FrozenBatchNorm` would put batch norm back in training mode, and the remaining
+    unlearning steps would update running statistics that the run meant to keep frozen.
+    """
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, mode in modes:
+            m.training = mode
 
 
 class FrozenBatchNorm:
@@ -561,6 +579,7 @@ __all__ = [
     "UnlearnConfig",
     "UnlearnResult",
     "Unlearner",
+    "eval_mode",
     "resolve_device",
     "unlearn",
 ]

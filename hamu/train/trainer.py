@@ -35,6 +35,7 @@ from hamu.device import resolve_device
 from hamu.models.checkpoint import save_checkpoint
 from hamu.models.registry import MODELS, build_model
 from hamu.train.recipe import Preset, Recipe, get_preset
+from hamu.unlearner import eval_mode
 
 METADATA_VERSION = 1
 
@@ -151,17 +152,15 @@ def gradient_norm(
     inputs, targets = to_tensors(ds, featurizer)
     params = [p for p in model.parameters() if p.requires_grad]
     device = params[0].device
-    was_training = model.training
-    model.eval()
     grads = [torch.zeros_like(p) for p in params]
     n = len(targets)
-    for i in range(0, n, batch_size):
-        x, y = inputs[i : i + batch_size].to(device), targets[i : i + batch_size].to(device)
-        loss = F.cross_entropy(model(x), y, reduction="sum") / n
-        for g, gi in zip(grads, torch.autograd.grad(loss, params, allow_unused=True), strict=True):
-            if gi is not None:
-                g += gi
-    model.train(was_training)
+    with eval_mode(model):
+        for i in range(0, n, batch_size):
+            x, y = inputs[i : i + batch_size].to(device), targets[i : i + batch_size].to(device)
+            loss = F.cross_entropy(model(x), y, reduction="sum") / n
+            for g, gi in zip(grads, torch.autograd.grad(loss, params, allow_unused=True), strict=True):
+                if gi is not None:
+                    g += gi
     return float(torch.sqrt(torch.stack([(g.double() ** 2).sum() for g in grads]).sum()).item())
 
 
