@@ -32,7 +32,7 @@ lint: install
 	$(BIN)/ruff format --check .
 
 typecheck: install
-	$(BIN)/mypy hamu hamu_pipeline bench
+	$(BIN)/mypy hamu hamu_pipeline bench examples
 
 unit: install data
 	# two workers, whole files each (module fixtures stay whole): the end-to-end files mostly wait on their

@@ -126,7 +126,7 @@ def test_adoption_refuses_what_cannot_start_the_lineage(home: Path) -> None:
     other = recipe.with_options(model="cnn", model_config={"channels": [4, 8], "hidden": 16}, epochs=1)
     cnn = _register_unaliased(data, data.train, other)
     before = _state(home)
-    cases = [(subset, "trained on other data"), (cnn, "is a 'cnn' model; preset 'digits-cpu' trains 'mlp'"),
+    cases = [(subset, "trained on other data"), (cnn, "is a 'cnn' model; workload 'digits-cpu' trains 'mlp'"),
              ("99", "cannot be read from the registry")]  # fmt: skip
     for version, why in cases:
         result = _hamu("init", "--preset", PRESET, "--from-version", version)
@@ -147,9 +147,15 @@ def test_adopting_a_version_starts_a_verified_lineage(home: Path) -> None:
 
     data = load_preset_data(PRESET)
     version = _register_unaliased(data, data.train, get_preset(PRESET).recipe)
+    client = MlflowClient()
+    client.set_registered_model_alias(NAME, "staging", "1")  # another version is served: set it aside? no
+    before = _state(home)
+    held = _hamu("init", "--preset", PRESET, "--from-version", version)
+    assert held.exit_code == 1 and "staging → version 1" in " ".join(held.output.split()), held.output
+    assert _state(home) == before
+    client.delete_registered_model_alias(NAME, "staging")
     result = _hamu("init", "--preset", PRESET, "--from-version", version)
     assert result.exit_code == 0, result.output
-    client = MlflowClient()
     assert str(client.get_model_version_by_alias(NAME, "champion").version) == version
     record = Ledger(home / "audit").records()[-1]
     assert record.step == "register-original" and record.outputs["champion"] == version

@@ -36,6 +36,12 @@ def flaky_rerunnable(ctx: BatchContext, calls: list[int], failures: int) -> Coun
     return Counted(len(calls))
 
 
+@stage("reference", rerunnable=True)
+def broken(ctx: BatchContext, calls: list[int]) -> Counted:
+    calls.append(1)
+    raise ValueError("the reference's training data digest is not the retain set's")
+
+
 @stage("register")
 def flaky_once_only(ctx: BatchContext, calls: list[int]) -> Counted:
     calls.append(1)
@@ -83,6 +89,14 @@ def test_retries_are_bounded_by_the_configuration(tmp_path: Path) -> None:
     with pytest.raises(ConnectionError):
         flaky_rerunnable(ctx, calls, failures=5)
     assert len(calls) == 2 and "attempts" not in ctx.summary
+
+
+def test_a_deterministic_failure_is_not_retried(tmp_path: Path) -> None:
+    """A bug or bad data fails the same way twice: only transient errors earn a second attempt."""
+    ctx, calls = _ctx(tmp_path, stage_retries=3), []
+    with pytest.raises(ValueError, match="digest"):
+        broken(ctx, calls)
+    assert len(calls) == 1
 
 
 def test_a_stage_that_writes_is_never_run_twice(tmp_path: Path) -> None:

@@ -159,8 +159,8 @@ def _membership(pair: TrainedPair) -> dict[str, Any]:
 
 @pytest.mark.slow
 def test_fashion_mnist_cpu_preset_pair() -> None:
-    """The CPU preset: both models above chance within the time budget, the original carries a membership
-    signal the reference lacks, and gradients stay usable (not trained to zero loss)."""
+    """The CPU preset: both models above chance, their training time recorded, the original carries a
+    membership signal the reference lacks, and gradients stay usable (not trained to zero loss)."""
     preset = get_preset("fashion-mnist-cpu")
     split = preset_split(preset)
     pair = train_pair(split, preset.recipe, progress=False)
@@ -168,7 +168,7 @@ def test_fashion_mnist_cpu_preset_pair() -> None:
     for trained in (pair.original, pair.reference):
         metrics = trained.metadata["metrics"]
         assert metrics["test"]["accuracy"] > 0.8  # chance is 0.1
-        assert trained.metadata["train_seconds"] < 240  # ≤ 2 min measured on 2 idle cores; slack for CI load
+        assert trained.metadata["train_seconds"] > 0  # recorded: the cost gate reads it (never a time limit)
     orig = pair.original.metadata["metrics"]
     assert orig["retain"]["loss"] < 0.5 * orig["test"]["loss"]  # a clear generalisation gap
     mia = _membership(pair)

@@ -43,9 +43,11 @@ from hamu.data.splits import (
     split_rho,
     subset,
 )
+from hamu.data.tabular import tabular_dataset
 from hamu.data.tensors import (
     Featurizer,
     ImageFeaturizer,
+    TabularFeaturizer,
     TextFeaturizer,
     featurizer_for,
     featurizer_from_config,
@@ -69,6 +71,7 @@ __all__ = [
     "ImageFeaturizer",
     "InvalidSplitError",
     "Split",
+    "TabularFeaturizer",
     "TextFeaturizer",
     "UnknownRecordIDsError",
     "add_near_duplicates",
@@ -95,6 +98,7 @@ __all__ = [
     "split_random",
     "split_rho",
     "subset",
+    "tabular_dataset",
     "to_tensors",
     "tokenize",
     "union_digest",

@@ -37,7 +37,7 @@ import pyarrow as pa
 
 from hamu.data.errors import DataUnavailableError
 from hamu.data.sampling import seeded_fraction_mask
-from hamu.data.spec import LABEL, PIXELS, TEXT, DatasetSpec, attach_spec_description
+from hamu.data.spec import FEATURES, LABEL, PIXELS, TEXT, DatasetSpec, attach_spec_description
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_ENV = "HAMU_FASHION_MNIST_DIR"
@@ -104,6 +104,7 @@ def build_dataset(
     *,
     pixels: np.ndarray | None = None,
     texts: Sequence[str] | None = None,
+    features: np.ndarray | None = None,
 ) -> Any:
     """A ``datasets.Dataset`` in the hamu schema (see :mod:`hamu.data.spec`) carrying ``spec``.
 
@@ -117,26 +118,35 @@ def build_dataset(
     if labels.shape != (n,):
         raise ValueError(f"expected {n} labels, got shape {labels.shape}")
     columns: dict[str, pa.Array] = {"record_id": pa.array(list(ids), type=pa.string())}
-    features: dict[str, Any] = {"record_id": datasets.Value("string")}
+    schema: dict[str, Any] = {"record_id": datasets.Value("string")}
     if spec.kind == "image":
         if pixels is None:
             raise ValueError("an image dataset needs pixels")
         width = int(np.prod(spec.input_shape))
         flat = np.ascontiguousarray(pixels, dtype=np.uint8).reshape(n, width)
         columns[PIXELS] = pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1)), width)
-        features[PIXELS] = datasets.List(datasets.Value("uint8"), length=width)
+        schema[PIXELS] = datasets.List(datasets.Value("uint8"), length=width)
+    elif spec.kind == "tabular":
+        if features is None:
+            raise ValueError("a tabular dataset needs features")
+        width = int(spec.input_shape[0])
+        values = np.ascontiguousarray(features, dtype=np.float32)
+        if values.shape != (n, width) or not np.isfinite(values).all():
+            raise ValueError(f"expected {n}×{width} finite feature values, got shape {values.shape}")
+        columns[FEATURES] = pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)), width)
+        schema[FEATURES] = datasets.List(datasets.Value("float32"), length=width)
     else:
         if texts is None:
             raise ValueError("a text dataset needs texts")
         columns[TEXT] = pa.array(list(texts), type=pa.string())
-        features[TEXT] = datasets.Value("string")
+        schema[TEXT] = datasets.Value("string")
     columns[LABEL] = pa.array(labels, type=pa.int64())
-    features[LABEL] = datasets.ClassLabel(names=list(spec.class_names))
+    schema[LABEL] = datasets.ClassLabel(names=list(spec.class_names))
     table = pa.table(columns)
     info = datasets.DatasetInfo(
         description=attach_spec_description(spec),
         dataset_name=spec.name,
-        features=datasets.Features(features),
+        features=datasets.Features(schema),
     )
     return datasets.Dataset(table, info=info)
 

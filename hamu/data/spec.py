@@ -7,7 +7,9 @@ be turned into tensors or trained on without the caller passing the spec around.
 The row schema is fixed per kind, so the rest of the code never guesses column names:
 
 * image: ``record_id`` (str), ``pixels`` (fixed-size list of uint8, C·H·W values, row-major), ``label``;
-* text: ``record_id`` (str), ``text`` (str), ``label``.
+* text: ``record_id`` (str), ``text`` (str), ``label``;
+* tabular: ``record_id`` (str), ``features`` (fixed-size list of float32, ``input_shape[0]`` values),
+  ``label``: a user's own table (:func:`hamu.data.tabular_dataset`).
 
 ``label`` is a ``ClassLabel`` (int64 with the class names).
 """
@@ -21,9 +23,10 @@ from typing import Any, Literal
 SPEC_PREFIX = "hamu-spec:"
 PIXELS = "pixels"
 TEXT = "text"
+FEATURES = "features"
 LABEL = "label"
 
-Kind = Literal["image", "text"]
+Kind = Literal["image", "text", "tabular"]
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from hamu.data.digest import arrow_table
-from hamu.data.spec import LABEL, PIXELS, TEXT, DatasetSpec, spec_of
+from hamu.data.spec import FEATURES, LABEL, PIXELS, TEXT, DatasetSpec, spec_of
 
 PAD, UNK, URL = "<pad>", "<unk>", "<url>"
 _URL_RE = re.compile(r"(?:https?://|www\.)\S+")
@@ -128,6 +128,47 @@ class TextFeaturizer:
         return {"kind": self.kind, "max_len": self.max_len, "vocab": list(self.vocab)}
 
 
+class TabularFeaturizer:
+    """Feature vectors → float32 ``(n, d)``, standardised with the mean and spread of the model's own
+    training rows (fitted like a text vocabulary: a retrain never sees a forget row's values)."""
+
+    kind = "tabular"
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        if len(mean) != len(std) or not len(mean):
+            raise ValueError(f"mean and std need one value per feature, got {len(mean)} and {len(std)}")
+        self.mean = tuple(float(m) for m in mean)
+        self.std = tuple(float(s) if s > 0 else 1.0 for s in std)
+
+    @staticmethod
+    def values(ds: Any) -> np.ndarray:
+        """The ``features`` column as a float32 ``(n, d)`` array."""
+        column = arrow_table(ds).column(FEATURES).combine_chunks()
+        width = column.type.list_size
+        flat = np.asarray(column.flatten().to_numpy(zero_copy_only=False), dtype=np.float32)
+        return flat.reshape(-1, width)
+
+    @classmethod
+    def fit(cls, ds: Any) -> TabularFeaturizer:
+        values = cls.values(ds).astype(np.float64)
+        if not len(values):
+            raise ValueError("a tabular featurizer needs at least one training row to fit on")
+        return cls(values.mean(axis=0).tolist(), values.std(axis=0).tolist())
+
+    def encode(self, ds: Any) -> torch.Tensor:
+        values = self.values(ds)
+        if values.shape[1] != len(self.mean):
+            raise ValueError(
+                f"rows have {values.shape[1]} features; this featurizer was fitted on {len(self.mean)}"
+            )
+        mean = np.asarray(self.mean, dtype=np.float32)
+        std = np.asarray(self.std, dtype=np.float32)
+        return torch.from_numpy((values - mean) / std)
+
+    def to_config(self) -> dict[str, Any]:
+        return {"kind": self.kind, "mean": list(self.mean), "std": list(self.std)}
+
+
 def featurizer_for(data: Any, *, fit_on: Any = None, **text_options: Any) -> Featurizer:
     """The featurizer for a dataset (or a :class:`DatasetSpec`); text fits its vocabulary on ``fit_on``."""
     spec = data if isinstance(data, DatasetSpec) else spec_of(data)
@@ -135,7 +176,9 @@ def featurizer_for(data: Any, *, fit_on: Any = None, **text_options: Any) -> Fea
         return ImageFeaturizer.from_spec(spec)
     source = fit_on if fit_on is not None else (None if isinstance(data, DatasetSpec) else data)
     if source is None:
-        raise ValueError("a text featurizer needs training data to fit its vocabulary on (fit_on=...)")
+        raise ValueError(f"a {spec.kind} featurizer needs training data to fit on (fit_on=...)")
+    if spec.kind == "tabular":
+        return TabularFeaturizer.fit(source)
     return TextFeaturizer.fit((str(t) for t in arrow_table(source).column(TEXT).to_pylist()), **text_options)
 
 
@@ -146,7 +189,9 @@ def featurizer_from_config(config: dict[str, Any]) -> Featurizer:
         return ImageFeaturizer(config["input_shape"], config["pixel_scale"], config["mean"], config["std"])
     if kind == "text":
         return TextFeaturizer(config["vocab"], max_len=int(config["max_len"]))
-    raise ValueError(f"unknown featurizer kind {kind!r}; valid: image, text")
+    if kind == "tabular":
+        return TabularFeaturizer(config["mean"], config["std"])
+    raise ValueError(f"unknown featurizer kind {kind!r}; valid: image, text, tabular")
 
 
 def labels_tensor(ds: Any) -> torch.Tensor:
@@ -159,7 +204,7 @@ def to_tensors(ds: Any, featurizer: Featurizer | None = None) -> tuple[torch.Ten
         spec = spec_of(ds)
         if spec.kind != "image":
             raise ValueError(
-                "text needs a fitted featurizer: featurizer_for(train_set) or the model's metadata"
+                f"{spec.kind} needs a fitted featurizer: featurizer_for(train_set) or the model's metadata"
             )
         featurizer = ImageFeaturizer.from_spec(spec)
     return featurizer.encode(ds), labels_tensor(ds)

@@ -9,7 +9,14 @@ from hamu.models.checkpoint import (
     tensors_digest,
 )
 from hamu.models.nets import MLP, ResNet20, SmallCNN, TextClassifier
-from hamu.models.registry import MODELS, architecture_of, build_model, count_parameters, model_names
+from hamu.models.registry import (
+    MODELS,
+    architecture_of,
+    build_model,
+    count_parameters,
+    model_names,
+    register_model,
+)
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -25,6 +32,7 @@ __all__ = [
     "load_checkpoint",
     "model_names",
     "read_checkpoint_metadata",
+    "register_model",
     "save_checkpoint",
     "tensors_digest",
 ]

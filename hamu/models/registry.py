@@ -27,6 +27,19 @@ def model_names() -> list[str]:
     return list(MODELS)
 
 
+def register_model(name: str, factory: Callable[..., nn.Module]) -> None:
+    """Add a user's architecture under ``name`` so that recipes train it and checkpoints rebuild it.
+
+    ``factory(**config)`` gets the recipe's ``model_config`` plus what the data decides among
+    ``num_classes``, ``in_features``, ``in_channels``, ``image_size`` and ``vocab_size`` (those its signature
+    accepts). Registering a name twice with another factory is refused: checkpoints name the architecture,
+    and a name that meant two models could not be rebuilt faithfully.
+    """
+    if MODELS.get(name, factory) is not factory:
+        raise ValueError(f"model name {name!r} is already registered to {MODELS[name]!r}")
+    MODELS[name] = factory
+
+
 def build_model(name: str, **config: Any) -> nn.Module:
     """Build the architecture ``name`` with keyword ``config``; unknown names or options raise ValueError."""
     try:

@@ -89,6 +89,8 @@ def _complete_config(recipe: Recipe, spec: DatasetSpec, featurizer: Featurizer) 
         derived["in_features"] = int(np.prod(spec.input_shape))
         derived["in_channels"] = int(spec.input_shape[0])
         derived["image_size"] = int(spec.input_shape[-1])
+    if spec.kind == "tabular":
+        derived["in_features"] = int(spec.input_shape[0])
     if isinstance(featurizer, TextFeaturizer):
         derived["vocab_size"] = len(featurizer.vocab)
     config = {k: v for k, v in derived.items() if k in accepted}

@@ -190,7 +190,7 @@ def batch_run(
     max_steps: int = typer.Option(100, help="unlearning step budget"),
     shadow_models: int = typer.Option(2, help="LiRA reference models (0: off)"),
     gate_policy: str = typer.Option("stop", help="stop or warn when hardness argues against unlearning"),
-    exact: bool = typer.Option(False, "--exact", help="retrain exactly instead of unlearning"),
+    exact: bool = typer.Option(False, "--exact/--no-exact", help="retrain exactly instead of unlearning"),
     config: Path | None = typer.Option(
         None,
         "--config",

@@ -18,7 +18,10 @@ out = Console()
 
 
 def init(
-    preset: str = typer.Option("fashion-mnist-cpu", help="training preset of the served model"),
+    preset: str = typer.Option(
+        "fashion-mnist-cpu",
+        help="workload of the served model: a built-in preset or one the project file names",
+    ),
     model_name: str | None = typer.Option(None, help="registered model name (default: hamu-<preset>)"),
     from_version: str | None = typer.Option(
         None, help="adopt this existing version of the registered model instead of training an original"
@@ -26,15 +29,15 @@ def init(
 ) -> None:
     """Create the first champion: train the preset's original, or adopt an existing registered version."""
     paths = configure_environment()
-    from hamu.train import get_preset
+    from hamu.workloads import WorkloadError, get_workload
     from hamu_pipeline.tasks.adoption import AdoptionRefused, adopt_version
     from hamu_pipeline.tasks.models import load_preset_data
     from hamu_pipeline.tasks.tracking import alias_version, ensure_experiment
 
     try:
-        get_preset(preset)
-    except (KeyError, ValueError) as exc:
-        err.print(f"[red]unknown preset[/red]: {exc}")
+        get_workload(preset).data()  # imports it and checks its data before anything is trained or changed
+    except WorkloadError as exc:
+        err.print(f"[red]workload[/red]: {exc}")
         raise typer.Exit(2) from None
     name = model_name or f"hamu-{preset}"
     ensure_experiment(paths)

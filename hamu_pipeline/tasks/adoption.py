@@ -17,7 +17,7 @@ from mlflow.exceptions import MlflowException
 from hamu.data.digest import dataset_digest
 from hamu.governance.audit import ANCHOR_TAG, Ledger, LedgerRecord, load_or_create_key
 from hamu.models.checkpoint import CheckpointError
-from hamu.train import get_preset
+from hamu.workloads import get_workload
 from hamu_pipeline.tasks.env import StatePaths
 from hamu_pipeline.tasks.models import (
     PresetData,
@@ -53,11 +53,12 @@ def adopt_version(paths: StatePaths, data: PresetData, name: str, version: str) 
             raise AdoptionRefused(
                 f"{name} version {version} cannot be read from the registry: {exc}"
             ) from exc
-        except (FileNotFoundError, CheckpointError) as exc:
+        except (FileNotFoundError, CheckpointError, ValueError, KeyError) as exc:
             raise AdoptionRefused(
                 f"{name} version {version} holds no loadable hamu checkpoint for preset {preset!r}: {exc}"
             ) from exc
         _check_fits(served, data)
+        _refuse_other_aliases(name, version)
         _set_aside_other_versions(paths, name, version)
         record = _record_original(
             paths,
@@ -72,8 +73,24 @@ def adopt_version(paths: StatePaths, data: PresetData, name: str, version: str) 
         tags = {"role": "original", "preset": preset, "data_digest": str(served.metadata["data_digest"])}
         for key, value in {**tags, ANCHOR_TAG: f"{record.seq}:{record.record_hash}"}.items():
             client.set_model_version_tag(name, version, key, value)
+        if "batch_status" in (served.tags or {}):  # set aside by an earlier adoption: it serves now
+            client.delete_model_version_tag(name, version, "batch_status")
         set_alias(name, "champion", version)
     return load_version(name, version)
+
+
+def _refuse_other_aliases(name: str, adopted: str) -> None:
+    """Another version an alias serves cannot be set aside: verification would find a served version the
+    ledger never registered. The operator moves or deletes that alias first."""
+    aliases = MlflowClient().get_registered_model(name).aliases or {}
+    held = sorted(
+        f"{alias} → version {number}" for alias, number in aliases.items() if str(number) != adopted
+    )
+    if held:
+        raise AdoptionRefused(
+            f"other versions of {name} hold aliases ({', '.join(held)}): delete or move them first, so that "
+            "only the adopted version is served"
+        )
 
 
 def _set_aside_other_versions(paths: StatePaths, name: str, adopted: str) -> None:
@@ -109,11 +126,17 @@ def _set_aside_other_versions(paths: StatePaths, name: str, adopted: str) -> Non
 def _check_fits(served: ServedModel, data: PresetData) -> None:
     """The version is the preset's architecture, trained on exactly this manifest, with nothing erased."""
     where = f"{served.name} version {served.version}"
-    expected = get_preset(data.preset).recipe.model
+    expected = get_workload(data.preset).recipe.model
     architecture = served.metadata.get("architecture")
     if architecture != expected:
         raise AdoptionRefused(
-            f"{where} is a {architecture!r} model; preset {data.preset!r} trains {expected!r}"
+            f"{where} is a {architecture!r} model; workload {data.preset!r} trains {expected!r}"
+        )
+    missing = [key for key in ("recipe", "featurizer", "data_digest") if key not in served.metadata]
+    if missing:
+        raise AdoptionRefused(
+            f"{where}'s checkpoint metadata lacks {', '.join(missing)}: exact retrains and references could "
+            "not be trained or read like it"
         )
     manifest = dataset_digest(data.train)
     recorded = served.metadata.get("data_digest")

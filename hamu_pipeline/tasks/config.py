@@ -23,7 +23,10 @@ RUN_DEVICE = "auto"
 class BatchConfig(BaseModel):
     """Everything one deletion batch needs. Defaults are the CPU demo's."""
 
-    preset: str = Field("fashion-mnist-cpu", description="training preset of the served model")
+    preset: str = Field(
+        "fashion-mnist-cpu",
+        description="workload of the served model: a built-in preset or one the project file names",
+    )
     model_name: str | None = Field(None, description="registered model name (default: hamu-<preset>)")
     method: str = Field("hamu-q", description="unlearning method")
     lr: float = Field(0.01, gt=0)

@@ -27,8 +27,9 @@ from hamu.governance.audit import ANCHOR_TAG, Ledger, LedgerRecord, load_or_crea
 from hamu.governance.lineage import ErasureManifest
 from hamu.models import load_checkpoint
 from hamu.models.checkpoint import tensors_digest
-from hamu.train import TrainedModel, get_preset, preset_data, train_model
+from hamu.train import TrainedModel, train_model
 from hamu.train.trainer import featurizer_from_metadata
+from hamu.workloads import get_workload
 from hamu_pipeline.tasks.env import StatePaths
 from hamu_pipeline.tasks.tracking import (
     MANIFEST_FILE,
@@ -68,7 +69,8 @@ class ServedModel:
 
 
 def load_preset_data(preset: str) -> PresetData:
-    train, test = preset_data(preset)
+    """The workload's training manifest and test set (a built-in preset, or one the project file names)."""
+    train, test = get_workload(preset).data()
     return PresetData(preset=preset, train=train, test=test)
 
 
@@ -133,7 +135,7 @@ def _register_original(paths: StatePaths, data: PresetData, name: str, progress:
     """Train the preset's original on the full manifest and register it as champion."""
     refuse_if_erasures(paths, data, f"train a new original for {name!r}")
     _abandon_unrecorded_originals(paths, name)
-    recipe = get_preset(data.preset).recipe
+    recipe = get_workload(data.preset).recipe
     trained = train_model(data.train, recipe, role="original", progress=progress)
     ckpt_dir = paths.models / data.preset
     ckpt_dir.mkdir(parents=True, exist_ok=True)

@@ -87,6 +87,7 @@ class Stage(Generic[P, R]):
                 retries=ctx.config.stage_retries,
                 retry_delay_seconds=ctx.config.stage_retry_delay_s,
                 timeout_seconds=ctx.config.stage_timeout_s,
+                retry_condition_fn=_transient,
             )
         start = time.perf_counter()
         result: R = runner(ctx, *args, **kwargs)
@@ -96,6 +97,28 @@ class Stage(Generic[P, R]):
         return result
 
 
+#: MLflow's error codes for a server that may answer on the next attempt.
+_UNAVAILABLE = frozenset({"TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED"})
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether a second attempt could succeed: a lost connection, a timeout, a locked or unreachable
+    database, a tracking server asking to come back later. A bug or bad data fails the same way twice, and
+    a retry would only double the batch's time (a reference retrained twice, say)."""
+    from mlflow.exceptions import MlflowException
+    from sqlalchemy.exc import OperationalError
+
+    if isinstance(exc, ConnectionError | TimeoutError | OperationalError):
+        return True
+    return isinstance(exc, MlflowException) and exc.error_code in _UNAVAILABLE
+
+
+def _transient(task: Any, task_run: Any, state: Any) -> bool:
+    """Prefect's retry condition: retry only what :func:`is_transient` calls transient."""
+    exc = state.data
+    return isinstance(exc, BaseException) and is_transient(exc)
+
+
 def stage(
     name: str, *, rerunnable: bool = False
 ) -> Callable[[Callable[Concatenate[BatchContext, P], R]], Stage[P, R]]:
@@ -103,8 +126,9 @@ def stage(
     :data:`hamu_pipeline.tasks.faults.STAGES`).
 
     ``rerunnable``: a failed attempt left nothing behind that a second attempt would duplicate (no ledger
-    record, queue change or registry write before the stage's last step), so Prefect may retry it and time
-    it out (``BatchConfig.stage_retries``, ``stage_timeout_s``).
+    record, queue change or registry write before the stage's last step), so Prefect may retry it after a
+    transient failure (:func:`is_transient`) and time it out (``BatchConfig.stage_retries``,
+    ``stage_timeout_s``).
     """
 
     def wrap(fn: Callable[Concatenate[BatchContext, P], R]) -> Stage[P, R]:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hamu_pipeline.tasks.batch_report import write_batch_report
+from hamu_pipeline.tasks.faults import maybe_fault
 from hamu_pipeline.tasks.intake import close_requests as close_in_queue
 from hamu_pipeline.tasks.registration import complete_candidate, refresh_model_card
 from hamu_pipeline.tasks.stages.base import BatchContext, stage
@@ -99,6 +100,7 @@ def close(ctx: BatchContext, registered: Registered) -> Done:
     """The version becomes the ``candidate``, the model card lists it, the working area goes, and a
     ``completed`` record closes the batch."""
     complete_candidate(ctx.champion.name, registered.model_version)
+    maybe_fault("close")  # the window between the candidate alias and the `completed` record
     refresh_model_card(ctx.champion.name)
     ctx.audit.delete_work_area(ctx.work)
     ctx.audit.record("completed", decision="candidate", outputs={"model_version": registered.model_version})

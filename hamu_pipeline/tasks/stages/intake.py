@@ -37,12 +37,16 @@ def claim(ctx: BatchContext) -> Claimed:
     requests = tuple(ctx.queue.claim_batch(ctx.batch_id, limit=ctx.config.max_requests))
     if requests:
         hashes = sorted(ctx.hasher.hash(r.request_id) for r in requests)
-        ctx.audit.record(
-            "claim",
-            decision=f"{len(requests)} claimed",
-            params={"requests": len(requests), "champion_version": ctx.champion.version},
-            inputs={"request_hashes": sha256_json(hashes)},
-        )
+        try:
+            ctx.audit.record(
+                "claim",
+                decision=f"{len(requests)} claimed",
+                params={"requests": len(requests), "champion_version": ctx.champion.version},
+                inputs={"request_hashes": sha256_json(hashes)},
+            )
+        except BaseException:  # not yet under the batch's failure guard: give the claim back at once
+            ctx.queue.release_batch(ctx.batch_id, failed=False)
+            raise
     return Claimed(requests)
 
 
