@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pg_server as pg
@@ -199,3 +200,20 @@ def pipeline_home(root: Path) -> Iterator[Path]:
                 yield root
         finally:
             mlflow.set_tracking_uri(previous)
+
+
+def bench_module(name: str) -> Any:
+    """``bench/<name>.py`` as a module: bench/ is a folder of scripts, not a package, so the file is loaded
+    under its own name (once; its ``from common import ...`` lines then resolve)."""
+    import importlib.util
+    import sys
+
+    if name in sys.modules:
+        return sys.modules[name]
+    path = Path(__file__).resolve().parents[1] / "bench" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module

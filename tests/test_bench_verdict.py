@@ -6,29 +6,17 @@ overlapping (or touching) ranges are a tie whichever median is lower.
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import json
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
+from conftest import bench_module
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _load_tradeoff() -> ModuleType:
-    # bench/ is a folder of scripts, not a package: load the file under its own name.
-    spec = importlib.util.spec_from_file_location("tradeoff", ROOT / "bench" / "tradeoff.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("tradeoff", module)
-    spec.loader.exec_module(module)
-    return module
-
-
-tradeoff = _load_tradeoff()
+tradeoff = bench_module("tradeoff")
 compare_ranges = tradeoff.compare_ranges
 setting_verdict = tradeoff.setting_verdict
 

@@ -8,27 +8,15 @@ loss monitor (``bench/common.py``) and the controller use it.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import torch
+from conftest import bench_module
 from torch import nn
 
 from hamu.unlearner import eval_mode
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _bench_common() -> ModuleType:
-    # bench/ is a folder of scripts, not a package: load common.py under its own name.
-    spec = importlib.util.spec_from_file_location("common", ROOT / "bench" / "common.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("common", module)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _net() -> nn.Module:
@@ -48,7 +36,7 @@ def test_eval_mode_restores_each_modules_own_mode() -> None:
 
 
 def test_the_benchmark_monitor_keeps_batch_norm_frozen_during_a_run() -> None:
-    common = _bench_common()
+    common = bench_module("common")
     gen = torch.Generator().manual_seed(0)
     x, y = torch.randn(64, 1, 8, 8, generator=gen) * 3 + 1, torch.randint(0, 3, (64,), generator=gen)
     model = _net()
