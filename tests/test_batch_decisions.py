@@ -24,9 +24,10 @@ from torch import nn
 from hamu.evaluation import EvaluationConfig, MissingReferenceError, MLPTrainer, evaluate_models
 from hamu.governance.drift import DriftBudget, DriftState
 from hamu.hardness import HardnessReport, assess_hardness
+from hamu.models import model_digest
 from hamu.train import TrainedModel
 from hamu_pipeline.tasks.config import BatchConfig
-from hamu_pipeline.tasks.models import ServedModel, model_digest
+from hamu_pipeline.tasks.models import ServedModel
 from hamu_pipeline.tasks.stages import (
     Candidate,
     choose_path,

@@ -48,6 +48,11 @@ def _state_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
 
 
+def model_digest(model: nn.Module) -> str:
+    """SHA-256 of a model's weights exactly as :func:`save_checkpoint` records them (``tensors_sha256``)."""
+    return tensors_digest(_state_tensors(model))
+
+
 def save_checkpoint(model: nn.Module, path: str | os.PathLike[str], metadata: Mapping[str, Any]) -> Path:
     """Write ``model``'s weights and ``metadata`` (JSON-able) to ``path`` atomically; returns the path.
 

@@ -15,16 +15,17 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from hamu.data.digest import dataset_digest
-from hamu.governance.audit import ANCHOR_TAG, Ledger, LedgerRecord, load_or_create_key
+from hamu.governance.audit import ANCHOR_TAG
 from hamu.models.checkpoint import CheckpointError
 from hamu.workloads import get_workload
 from hamu_pipeline.tasks.env import StatePaths
 from hamu_pipeline.tasks.models import (
     PresetData,
     ServedModel,
-    _exclusive,
-    _record_original,
+    abandon_versions,
+    champion_lock,
     load_version,
+    record_original,
     refuse_if_erasures,
 )
 from hamu_pipeline.tasks.tracking import alias_version, set_alias
@@ -38,7 +39,7 @@ def adopt_version(paths: StatePaths, data: PresetData, name: str, version: str) 
     """Make ``name`` version ``version`` the champion, after checking that it is this preset's model
     trained on this preset's manifest and that it is the first champion of an erasure-free store."""
     preset = data.preset
-    with _exclusive(paths.home / f"champion-{name}.lock"):
+    with champion_lock(paths, name):
         current = alias_version(name, "champion")
         if current is not None:
             raise AdoptionRefused(
@@ -60,7 +61,7 @@ def adopt_version(paths: StatePaths, data: PresetData, name: str, version: str) 
         _check_fits(served, data)
         _refuse_other_aliases(name, version)
         _set_aside_other_versions(paths, name, version)
-        record = _record_original(
+        record = record_original(
             paths,
             name,
             version,
@@ -95,32 +96,11 @@ def _refuse_other_aliases(name: str, adopted: str) -> None:
 
 def _set_aside_other_versions(paths: StatePaths, name: str, adopted: str) -> None:
     """The registered model's other versions predate the lineage: none was judged, and none may be served
-    by it. Each is tagged ``batch_status=abandoned`` (as a dead batch's version is), and one ledger record
-    lists them, so verification knows why they exist and promotion or rollback never picks one."""
-    client = MlflowClient()
-    others = sorted(
-        (
-            str(v.version)
-            for v in client.search_model_versions(f"name = '{name}'")
-            if str(v.version) != adopted
-        ),
-        key=int,
-    )
-    if not others:
-        return
-    for number in others:
-        client.set_model_version_tag(name, number, "batch_status", "abandoned")
-    key = load_or_create_key(paths.home, ledger=paths.audit / "ledger.jsonl")
-    Ledger(paths.audit, key=key).append(
-        LedgerRecord(
-            step="abandon-versions",
-            batch_id=f"original-{name}",
-            decision="abandoned",
-            reason=f"registered before version {adopted} was adopted as the first champion: "
-            "outside the lineage",
-            params={"versions": [f"{name}/{n}" for n in others]},
-        )
-    )
+    by it, so they are abandoned as a dead batch's version is."""
+    versions = MlflowClient().search_model_versions(f"name = '{name}'")
+    others = sorted((str(v.version) for v in versions if str(v.version) != adopted), key=int)
+    reason = f"registered before version {adopted} was adopted as the first champion: outside the lineage"
+    abandon_versions(paths, name, others, reason)
 
 
 def _check_fits(served: ServedModel, data: PresetData) -> None:

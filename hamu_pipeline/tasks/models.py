@@ -26,7 +26,7 @@ from hamu.data.tensors import Featurizer
 from hamu.governance.audit import ANCHOR_TAG, Ledger, LedgerRecord, load_or_create_key
 from hamu.governance.lineage import ErasureManifest
 from hamu.models import load_checkpoint
-from hamu.models.checkpoint import tensors_digest
+from hamu.models.checkpoint import model_digest
 from hamu.train import TrainedModel, train_model
 from hamu.train.trainer import featurizer_from_metadata
 from hamu.workloads import get_workload
@@ -79,9 +79,10 @@ def _example(featurizer: Featurizer, ds: Any) -> torch.Tensor:
 
 
 @contextmanager
-def _exclusive(path: Path) -> Iterator[None]:
-    """A blocking ``flock``: concurrent first runs must not both train and register an original."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+def champion_lock(paths: StatePaths, name: str) -> Iterator[None]:
+    """A blocking ``flock`` per registered model: concurrent first runs or adoptions must not both create
+    a champion."""
+    fd = os.open(paths.home / f"champion-{name}.lock", os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
@@ -93,7 +94,7 @@ def _exclusive(path: Path) -> Iterator[None]:
 @task(name="ensure-champion", cache_policy=NO_CACHE)
 def ensure_champion(paths: StatePaths, data: PresetData, name: str, *, progress: bool = False) -> ServedModel:
     """Return the registry's ``champion``; on a fresh store, train the preset's original and register it."""
-    with _exclusive(paths.home / f"champion-{name}.lock"):
+    with champion_lock(paths, name):
         version = alias_version(name, "champion") or _register_original(paths, data, name, progress)
     return load_version(name, str(version.version))
 
@@ -157,7 +158,7 @@ def _register_original(paths: StatePaths, data: PresetData, name: str, progress:
                 "data_digest": trained.metadata["data_digest"],
             },
         )
-    record = _record_original(
+    record = record_original(
         paths,
         name,
         str(version.version),
@@ -192,23 +193,32 @@ def _abandon_unrecorded_originals(paths: StatePaths, name: str) -> None:
         and (v.tags or {}).get("batch_status") != "abandoned"
         and register_record(records, v) is None
     ]
-    if not orphans:
+    abandon_versions(
+        paths, name, orphans, "originals registered by a first run that died before recording them"
+    )
+
+
+def abandon_versions(paths: StatePaths, name: str, numbers: list[str], reason: str) -> None:
+    """Tag ``numbers`` of ``name`` ``batch_status=abandoned`` and list them in one ``abandon-versions``
+    record, so that verification knows why they exist and promotion or rollback never picks one."""
+    if not numbers:
         return
-    for number in orphans:
+    client = MlflowClient()
+    for number in numbers:
         client.set_model_version_tag(name, number, "batch_status", "abandoned")
-    key = load_or_create_key(paths.home, ledger=ledger_file)
+    key = load_or_create_key(paths.home, ledger=paths.audit / "ledger.jsonl")
     Ledger(paths.audit, key=key).append(
         LedgerRecord(
             step="abandon-versions",
             batch_id=f"original-{name}",
             decision="abandoned",
-            reason="originals registered by a first run that died before recording them",
-            params={"versions": [f"{name}/{n}" for n in orphans]},
+            reason=reason,
+            params={"versions": [f"{name}/{n}" for n in numbers]},
         )
     )
 
 
-def _record_original(
+def record_original(
     paths: StatePaths,
     name: str,
     version: str,
@@ -224,7 +234,7 @@ def _record_original(
     weights and manifest only when they match what the ledger recorded at registration.
     """
     key = load_or_create_key(paths.home, ledger=paths.audit / "ledger.jsonl")
-    weights = tensors_digest({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()})
+    weights = model_digest(model)
     return Ledger(paths.audit, key=key).append(
         LedgerRecord(
             step="register-original",
@@ -318,11 +328,6 @@ def _single_file_dir(path: Path) -> Iterator[Path]:
         yield folder
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-
-
-def model_digest(model: nn.Module) -> str:
-    """SHA-256 of a model's weights (name, dtype, shape, bytes), as stored in its checkpoint."""
-    return tensors_digest({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()})
 
 
 def _flat(d: dict[str, Any]) -> dict[str, Any]:

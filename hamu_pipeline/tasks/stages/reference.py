@@ -7,9 +7,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from hamu.evaluation import MissingReferenceError
+from hamu.models import model_digest
 from hamu.train import TrainedModel
 from hamu_pipeline.tasks.config import BatchConfig
-from hamu_pipeline.tasks.models import model_digest, retrained_reference
+from hamu_pipeline.tasks.models import retrained_reference
 from hamu_pipeline.tasks.stages.base import BatchContext, stage
 from hamu_pipeline.tasks.stages.hardness import Gated
 from hamu_pipeline.tasks.stages.split import Prepared

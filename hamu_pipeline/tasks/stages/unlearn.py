@@ -10,9 +10,10 @@ from typing import Any
 import mlflow
 from torch import nn
 
+from hamu.models import model_digest
 from hamu.train import TrainedModel
 from hamu.unlearner import StepRecord
-from hamu_pipeline.tasks.models import ServedModel, candidate_source, model_digest
+from hamu_pipeline.tasks.models import ServedModel, candidate_source
 from hamu_pipeline.tasks.stages.base import BatchContext, stage
 from hamu_pipeline.tasks.stages.hardness import Gated
 from hamu_pipeline.tasks.stages.reference import Reference
