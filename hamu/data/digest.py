@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import re
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -30,6 +31,20 @@ import numpy as np
 import pyarrow as pa
 
 RECORD_ID = "record_id"
+#: A training record's ID: lowercase ASCII letters and digits, then up to 127 of ``a-z 0-9 . _ -``.
+#: Lowercase only, so that two spellings can never name one record; no ``/`` or whitespace, so an ID is
+#: safe in a path, a URL and a CSV cell. Defined here, with the data, so that datasets and deletion
+#: requests (``hamu.governance.requests``, which re-exports it) agree; the GX suites repeat this string.
+RECORD_ID_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,127}$"
+# ``$`` also matches before a trailing newline, so the compiled form is used with ``fullmatch``.
+_RECORD_ID_RE = re.compile(RECORD_ID_PATTERN[1:-1])
+
+
+def is_valid_record_id(value: object) -> bool:
+    """True if ``value`` is a string matching :data:`RECORD_ID_PATTERN` (whole string, no newline)."""
+    return isinstance(value, str) and _RECORD_ID_RE.fullmatch(value) is not None
+
+
 _RECORD_DOMAIN = b"hamu-record-v1\n"
 _DATASET_DOMAIN = b"hamu-dataset-v1\n"
 _KEYED_DOMAIN = "hamu-keyed-dataset-v1\n"

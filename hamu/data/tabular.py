@@ -8,18 +8,14 @@ docs/requests.md), and unique: a duplicate or malformed ID is an error naming it
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
+from hamu.data.digest import is_valid_record_id
 from hamu.data.sources import build_dataset
 from hamu.data.spec import DatasetSpec
-
-#: The record-ID grammar of deletion requests (``hamu.governance.requests.RECORD_ID_PATTERN``, which the
-#: data layer may not import): a manifest ID outside it could never be erased.
-_RECORD_ID = re.compile(r"[a-z0-9][a-z0-9._-]{0,127}")
 
 
 def tabular_dataset(
@@ -37,7 +33,7 @@ def tabular_dataset(
     ``class_names``.
     """
     ids = [str(i) for i in record_ids]
-    bad = next((i for i in ids if not _RECORD_ID.fullmatch(i)), None)
+    bad = next((i for i in ids if not is_valid_record_id(i)), None)  # it could never be erased
     if bad is not None:
         raise ValueError(f"{name}: record ID {bad!r} is not a valid record ID (lowercase a-z 0-9 . _ -)")
     seen: set[str] = set()

@@ -28,24 +28,19 @@ from sqlalchemy import (
 )
 from sqlalchemy.types import TypeDecorator
 
-#: A training record's ID: lowercase ASCII letters and digits, then up to 127 of ``a-z 0-9 . _ -``.
-#: Lowercase only, so that two spellings can never name one record; no ``/`` or whitespace, so an ID is
-#: safe in a path, a URL and a CSV cell. The GX suites in ``expectations/`` repeat this exact string.
-RECORD_ID_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,127}$"
+# A training record's ID is defined with the data (hamu.data.digest) and re-exported here; the GX suites
+# in ``expectations/`` repeat that exact string.
+from hamu.data.digest import RECORD_ID_PATTERN as RECORD_ID_PATTERN
+from hamu.data.digest import is_valid_record_id as is_valid_record_id
+
 #: A request ID (chosen by whoever files the request) and a batch ID: case kept, ``:`` also allowed,
 #: at most 128 characters, no whitespace or control characters.
 REQUEST_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
 BATCH_ID_PATTERN = REQUEST_ID_PATTERN
 
 # ``$`` also matches before a trailing newline, so the compiled forms are used with ``fullmatch``.
-_RECORD_ID_RE = re.compile(RECORD_ID_PATTERN[1:-1])
 _REQUEST_ID_RE = re.compile(REQUEST_ID_PATTERN[1:-1])
 _BATCH_ID_RE = re.compile(BATCH_ID_PATTERN[1:-1])
-
-
-def is_valid_record_id(value: object) -> bool:
-    """True if ``value`` is a string matching :data:`RECORD_ID_PATTERN` (whole string, no newline)."""
-    return isinstance(value, str) and _RECORD_ID_RE.fullmatch(value) is not None
 
 
 def is_valid_request_id(value: object) -> bool:
