@@ -4,33 +4,22 @@ deployment run picked up by `prefect worker start --run-once`, and a Completed f
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+from conftest import running_prefect_server
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_deploy_and_run_through_a_worker(tmp_path: Path) -> None:
     prefect = str(Path(sys.executable).parent / "prefect")
-    port = _free_port()
-    api = f"http://127.0.0.1:{port}/api"
     env = {
         **os.environ,
         "PREFECT_HOME": str(tmp_path / "prefect"),
-        "PREFECT_API_URL": api,
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "DO_NOT_TRACK": "true",
         "HAMU_HOME": str(tmp_path / "hamu"),
@@ -38,33 +27,9 @@ def test_deploy_and_run_through_a_worker(tmp_path: Path) -> None:
         "HAMU_PROJECT_DIR": str(REPO),
         "COLUMNS": "250",  # rich tables would otherwise truncate names and states
     }
-    server = subprocess.Popen(
-        [
-            prefect,
-            "server",
-            "start",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--analytics-off",
-            "--no-ui",
-        ],
-        env={k: v for k, v in env.items() if k != "PREFECT_API_URL"},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            try:
-                with urllib.request.urlopen(f"{api}/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                time.sleep(1)
-        else:
-            pytest.fail("prefect server did not become healthy in 120 s")
+    env.pop("PREFECT_API_URL", None)
+    with running_prefect_server(env) as api:
+        env["PREFECT_API_URL"] = api
 
         def run(*args: str, timeout: int = 240) -> subprocess.CompletedProcess[str]:
             return subprocess.run(
@@ -88,9 +53,3 @@ def test_deploy_and_run_through_a_worker(tmp_path: Path) -> None:
         listed = run("flow-run", "ls", "--state", "COMPLETED")
         assert "train-original" in listed.stdout and "COMPLETED" in listed.stdout, listed.stdout
         assert (tmp_path / "hamu" / "models" / "digits-cpu" / "original.safetensors").exists()
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()

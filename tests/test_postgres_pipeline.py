@@ -8,16 +8,12 @@ is written to the SQLite defaults under HAMU_HOME.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pg_server as pg
+from conftest import running_prefect_server
 
 PRESET = "digits-cpu"
 
@@ -33,43 +29,12 @@ def _hamu(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[s
     )
 
 
-@contextmanager
-def _prefect_server(database_url: str, home: Path) -> Iterator[str]:
-    """A Prefect server whose database is ``database_url`` (asyncpg); yields its API URL."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
+def _prefect_env(database_url: str, home: Path) -> dict[str, str]:
+    """A Prefect server's environment whose database is ``database_url`` (asyncpg)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env |= {"PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = database_url.replace("+psycopg", "+asyncpg")
-    prefect = str(Path(sys.executable).parent / "prefect")
-    args = [
-        prefect,
-        "server",
-        "start",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--analytics-off",
-        "--no-ui",
-    ]
-    server = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    api = f"http://127.0.0.1:{port}/api"
-    try:
-        for _ in range(120):
-            try:
-                with urllib.request.urlopen(f"{api}/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                time.sleep(1)
-        else:
-            raise RuntimeError("the Prefect server on PostgreSQL did not become healthy in 120 s")
-        yield api
-    finally:
-        server.terminate()
-        server.wait(60)
+    return env
 
 
 def test_a_batch_on_postgresql_queue_and_mlflow_store(
@@ -90,7 +55,7 @@ def test_a_batch_on_postgresql_queue_and_mlflow_store(
     rows = [f"pg-{i:03d},{r},privacy,2026-11-01T00:00:00Z" for i, r in enumerate(ids)]
     requests.write_text("request_id,record_id,reason,received_at\n" + "\n".join(rows) + "\n")
 
-    with _prefect_server(prefect_url, tmp_path / "prefect-server") as api:
+    with running_prefect_server(_prefect_env(prefect_url, tmp_path / "prefect-server")) as api:
         env["PREFECT_API_URL"] = api
         first = _hamu(["init", "--preset", PRESET], env)
         assert first.returncode == 0, (first.stdout + first.stderr)[-3000:]
