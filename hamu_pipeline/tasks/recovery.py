@@ -163,6 +163,13 @@ def _abandon_versions(batch_id: str) -> list[str]:
     return tagged
 
 
+def _roll_forward_into(report: RecoveryReport, queue: RequestQueue, audit: BatchAudit) -> None:
+    """Roll a dead batch forward (see :func:`_roll_forward`) and note the version it completed."""
+    completed = _roll_forward(queue, audit)
+    if completed is not None:
+        report.completed[audit.batch_id] = completed
+
+
 @task(name="recover-dead-batches", cache_policy=NO_CACHE)
 def recover_dead_batches(
     queue: RequestQueue, work: Path, audit_root: Path, hasher: KeyedHasher, current: str
@@ -171,9 +178,7 @@ def recover_dead_batches(
     expired = queue.release_expired()  # any host's batch that stopped renewing its lease
     for batch_id, released in expired.items():
         audit = BatchAudit(audit_root, hasher, batch_id)
-        completed = _roll_forward(queue, audit)
-        if completed is not None:
-            report.completed[batch_id] = completed
+        _roll_forward_into(report, queue, audit)
         abandoned = _abandon_versions(batch_id)
         report.released[batch_id] = released
         report.abandoned_versions[batch_id] = abandoned
@@ -184,9 +189,7 @@ def recover_dead_batches(
             params={"released_requests": released, "abandoned_versions": abandoned},
         )
     for batch_id in closed_but_unfinished(queue, audit_root, current):  # died after closing, any host
-        completed = _roll_forward(queue, BatchAudit(audit_root, hasher, batch_id))
-        if completed is not None:
-            report.completed[batch_id] = completed
+        _roll_forward_into(report, queue, BatchAudit(audit_root, hasher, batch_id))
     # Claims still under a lease (claims made by code older than leases carry none: lock files only).
     live = {r.batch_id for r in queue.list(Status.CLAIMED) if r.batch_id and r.lease_expires_at is not None}
     for batch_id in sorted(_known_batches(queue, work, current)):
@@ -197,9 +200,7 @@ def recover_dead_batches(
             continue
         try:
             audit = BatchAudit(audit_root, hasher, batch_id)
-            completed = _roll_forward(queue, audit)
-            if completed is not None:
-                report.completed[batch_id] = completed
+            _roll_forward_into(report, queue, audit)
             released = queue.release_batch(batch_id, failed=False)
             abandoned = [] if batch_id in expired else _abandon_versions(batch_id)
             if released or abandoned:
