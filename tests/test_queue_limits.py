@@ -76,7 +76,6 @@ def queue(tmp_path: Path) -> Iterator[RequestQueue]:
 def test_a_claim_takes_at_most_the_default_cap_oldest_first(queue: RequestQueue, tmp_path: Path) -> None:
     """More pending requests than the cap: one claim takes exactly the cap, the oldest; the rest wait."""
     from hamu_pipeline.flows.config import BatchConfig
-    from hamu_pipeline.tasks.intake import claim_batch
 
     assert DEFAULT_MAX_REQUESTS == BatchConfig().max_requests == 10_000
     everything = submit(queue, tmp_path, "r", DEFAULT_MAX_REQUESTS + 5, shuffle=True)
@@ -86,7 +85,7 @@ def test_a_claim_takes_at_most_the_default_cap_oldest_first(queue: RequestQueue,
     assert ids(first) == everything[:DEFAULT_MAX_REQUESTS]  # oldest received_at first, in FIFO order
     assert ids(queue.list(Status.PENDING)) == everything[DEFAULT_MAX_REQUESTS:]
 
-    second = claim_batch(queue, "b-2", BatchConfig().max_requests)  # what the flow calls
+    second = queue.claim_batch("b-2", limit=BatchConfig().max_requests)  # what the claim stage calls
     assert ids(second) == everything[DEFAULT_MAX_REQUESTS:]
     assert queue.counts()["pending"] == 0
 

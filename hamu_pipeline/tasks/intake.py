@@ -1,18 +1,8 @@
-"""Queue tasks: claim a batch, record verdicts, close requests, release a dead batch's claim."""
+"""Closing a batch's requests in the queue (the claim and the verdicts are the queue's own calls)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
-from hamu.governance.requests import Request, RequestQueue
-
-
-def claim_batch(queue: RequestQueue, batch_id: str, limit: int | None) -> list[Request]:
-    return queue.claim_batch(batch_id, limit=limit)
-
-
-def record_verdicts(queue: RequestQueue, batch_id: str, verdicts: Mapping[str, tuple[str, str]]) -> int:
-    return queue.record_verdicts(batch_id, dict(verdicts))
+from hamu.governance.requests import RequestQueue
 
 
 def close_requests(
