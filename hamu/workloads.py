@@ -110,9 +110,10 @@ def project_workloads(path: Path | None = None) -> dict[str, str]:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise WorkloadError(f"cannot read the project file {path}: {exc}") from exc
-    table = data.get("workloads", {}) if path.name != "pyproject.toml" else data
     if path.name == "pyproject.toml":
         table = data.get("tool", {}).get("hamu", {}).get("workloads", {})
+    else:
+        table = data.get("workloads", {})
     if not isinstance(table, dict) or not all(isinstance(v, str) for v in table.values()):
         raise WorkloadError(f"{path}: workloads must map names to 'module:attribute' strings")
     return dict(table)

@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -48,8 +49,10 @@ class PresetData:
     train: Any
     test: Any
 
-    @property
+    @cached_property
     def manifest_ids(self) -> list[str]:
+        """The manifest's record IDs, read from the table once: the session, validation and the split each
+        need them. One shared list: callers read it and never change it."""
         return record_ids(self.train)
 
 
