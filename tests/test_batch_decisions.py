@@ -105,8 +105,12 @@ def _feasible(report: HardnessReport) -> HardnessReport:
 # ------------------------------------------------------------------------------------ the path: cost gate
 def test_cost_gate_retrains_when_retraining_is_cheaper(hardness_report: HardnessReport) -> None:
     report, cfg = _feasible(hardness_report), BatchConfig(method="hamu-q", max_steps=100)
-    costly = choose_path(report, 1.0, _champion(nn.Linear(1, 1), train_seconds=1e6), 200, cfg)
+    costly_champion = _champion(nn.Linear(1, 1), train_seconds=1e6)
+    costly = choose_path(report, 1.0, costly_champion, 200, cfg, bank_available=True)
     assert costly.action == "unlearn", costly.reason
+    # without a bank, certifying the unlearned model needs the exact reference: that retrain is paid anyway
+    certified = choose_path(report, 1.0, costly_champion, 200, cfg)
+    assert certified.action == "retrain" and "exact reference's retrain" in certified.reason, certified.reason
     cheap = choose_path(report, 1.0, _champion(nn.Linear(1, 1), train_seconds=1.0), 200, cfg)
     assert cheap.action == "retrain" and "retraining is cheaper" in cheap.reason, cheap.reason
     assert cheap.cost is not None and cheap.cost.unlearn_seconds == pytest.approx(100.0)
@@ -132,9 +136,9 @@ def test_a_lineage_over_its_drift_budget(hardness_report: HardnessReport, drift_
     report = _feasible(hardness_report)
     within = _champion(nn.Linear(1, 1), tags=DriftState(batches=2).to_tags())
     over = _champion(nn.Linear(1, 1), tags=DriftState(batches=4).to_tags())
-    calm = choose_path(report, 1.0, within, 200, cfg)
+    calm = choose_path(report, 1.0, within, 200, cfg, bank_available=True)
     assert calm.action == "unlearn" and not calm.warnings
-    decision = choose_path(report, 1.0, over, 200, cfg)
+    decision = choose_path(report, 1.0, over, 200, cfg, bank_available=True)
     if drift_action == "retrain":
         assert decision.action == "retrain" and "drift budget of the source version 3" in decision.reason
     else:

@@ -44,6 +44,7 @@ def test_deploy_and_run_through_a_worker(tmp_path: Path) -> None:
             "deletion-batch/deletion-batch",
             "deletion-batch/unlearn",
             "train-original/train-original",
+            "train-bank/train-bank",
         ):
             assert run("deployment", "inspect", name).returncode == 0, name
         started = run("deployment", "run", "train-original/train-original", "--param", "preset=digits-cpu")

@@ -204,3 +204,18 @@ def test_a_tabular_model_trains_and_the_digest_follows_the_values() -> None:
 def test_workload_instances_are_plain_data() -> None:
     w = Workload("w", lambda: (_table(10), _table(5, 100)), RECIPE)
     assert w.data()[0].num_rows == 10
+
+
+def test_hamu_hardness_assesses_a_project_workload(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`hamu hardness` takes any workload the project names, not only the presets; an unknown one exits 2."""
+    from typer.testing import CliRunner
+
+    from hamu_pipeline.flows.cli import app
+
+    example = Path(__file__).resolve().parents[1] / "examples" / "tabular_csv"
+    monkeypatch.setenv("HAMU_PROJECT", str(example / "hamu.toml"))
+    result = CliRunner().invoke(app, ["hardness", "--preset", "patients", "--batches", "1", "--rho", "0.5"])
+    assert result.exit_code == 0, result.output
+    assert "hardness: patients" in result.output and "verdict" in result.output
+    unknown = CliRunner().invoke(app, ["hardness", "--preset", "no-such-workload"])
+    assert unknown.exit_code == 2 and "unknown workload 'no-such-workload'" in unknown.output

@@ -35,6 +35,11 @@ class CostEstimate:
 
     ``steps``, ``method`` and ``device`` say what the unlearning prediction is: that many steps of that
     method, each as long as the steps timed on that device (see :meth:`from_report`).
+
+    ``evidence_seconds`` is what certifying an unlearned model costs on top of the unlearning, and
+    ``evidence`` says what it is: the exact reference's retrain when the batch is judged against one (then
+    unlearning can never be cheaper than serving that retrain), about nothing with a reference bank. The
+    retrain path certifies itself.
     """
 
     unlearn_seconds: float
@@ -42,11 +47,14 @@ class CostEstimate:
     steps: int | None = None
     method: str | None = None
     device: str | None = None
+    evidence_seconds: float = 0.0
+    evidence: str = ""
 
     def __post_init__(self) -> None:
         for name, value in (
             ("unlearn_seconds", self.unlearn_seconds),
             ("retrain_seconds", self.retrain_seconds),
+            ("evidence_seconds", self.evidence_seconds),
         ):
             if not value >= 0:
                 raise ValueError(f"{name} must be >= 0, got {value!r}")
@@ -63,14 +71,23 @@ class CostEstimate:
         )
 
     @property
+    def honour_by_unlearning(self) -> float:
+        """Seconds to honour the request by unlearning: the steps plus the evidence that certifies them."""
+        return self.unlearn_seconds + self.evidence_seconds
+
+    @property
     def unlearn_over_retrain(self) -> float:
-        return self.unlearn_seconds / self.retrain_seconds if self.retrain_seconds > 0 else float("inf")
+        total = self.honour_by_unlearning
+        return total / self.retrain_seconds if self.retrain_seconds > 0 else float("inf")
 
     def describe_unlearning(self) -> str:
         what = "the unlearning budget"
         if self.steps is not None and self.method is not None:
             what = f"{self.steps} {self.method} steps"
-        return f"{what} on {self.device}" if self.device is not None else what
+        what = f"{what} on {self.device}" if self.device is not None else what
+        if self.evidence_seconds > 0:
+            what += f" plus {self.evidence_seconds:.1f} s for {self.evidence or 'its evidence'}"
+        return what
 
 
 @dataclass(frozen=True)
@@ -132,11 +149,11 @@ def decide(
             return decision("retrain", f"hardness gate: {why}")
         else:
             warnings.append(f"hardness gate (warn policy): {why}; unlearning anyway")
-    if cost is not None and cost.unlearn_seconds >= cost.retrain_seconds:
+    if cost is not None and cost.honour_by_unlearning >= cost.retrain_seconds:
         return decision(
             "retrain",
             f"exact retraining is cheaper: predicted {cost.retrain_seconds:.1f} s against "
-            f"{cost.unlearn_seconds:.1f} s for {cost.describe_unlearning()}",
+            f"{cost.honour_by_unlearning:.1f} s for {cost.describe_unlearning()}",
         )
     reason = f"hardness verdict {verdict!r}" + ("" if binding else f" (advisory for {method!r})")
     reason += (

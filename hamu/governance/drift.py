@@ -77,7 +77,14 @@ class DriftState:
 
 
 def batch_gaps(report: Mapping[str, Any], model: str = "unlearned") -> tuple[float, float]:
-    """(utility deficit, largest |AUC gap|) of ``model`` against the retrained reference in a report."""
+    """(utility deficit, largest |AUC gap|) of ``model`` against the retrained reference in a report.
+
+    A bank report has no retrained reference: the deficit is against the original, and the AUC gap is the
+    bank's forget-vs-test LiRA AUC against ½.
+    """
+    if report.get("reference", {}).get("kind") == "bank":
+        change = float(report["test_accuracy_change"][model]["gap"])
+        return -change, abs(float(report["bank"][model]["forget"]["lira"]["auc"]) - 0.5)
     utility = report["utility"]
     deficit = float(utility["retrained"]["test"]["accuracy"]["estimate"]) - float(
         utility[model]["test"]["accuracy"]["estimate"]

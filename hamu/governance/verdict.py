@@ -196,6 +196,10 @@ def decide(
     a verdict is never reached on missing evidence.
     """
     pol = policy or GatePolicy()
+    if report.get("reference", {}).get("kind") == "bank":
+        from hamu.governance.bank_gates import decide_bank
+
+        return decide_bank(report, facts or RunFacts(), model=model, original=original, policy=pol)
     gaps = report.get("gaps", {})
     for name in (model, original):
         if name not in gaps:
@@ -213,14 +217,14 @@ def decide(
         forgetting.append(_ks_gate(ks[model], ks[original], pol))
         control.append(_ks_gate(ks[original], ks[original], pol))
     gates = [
-        *_integrity(report, facts or RunFacts()),
+        *integrity(report, facts or RunFacts()),
         *forgetting,
         _utility_gate(rows, pol, level),
     ]
-    evidence, why = _evidence(control)
+    evidence, why = evidence_of(control)
     return Verdict(
         model=model,
-        status=_combine(gates),
+        status=combine(gates),
         evidence=evidence,
         evidence_reason=why,
         gates=tuple(gates),
@@ -345,17 +349,23 @@ def _utility_gate(rows: Mapping[str, Any], pol: GatePolicy, level: float) -> Gat
     return Gate("test-accuracy", status, reason, "utility.test.accuracy", est, lo, hi, budget, direction)
 
 
-def _integrity(report: Mapping[str, Any], facts: RunFacts) -> list[Gate]:
+def integrity(report: Mapping[str, Any], facts: RunFacts, *, bank: bool = False) -> list[Gate]:
+    """The gates on how the candidate and its evidence were made (``bank``: a verified reference bank stands
+    in for the retrain, so the reference-retrained gate does not apply)."""
     kind = str(report.get("reference", {}).get("kind", ""))
-    gates = [
-        Gate(
-            "reference-retrained",
-            "pass" if kind == "retrained" else "fail",
-            "the reference is a model retrained without the forget rows"
-            if kind == "retrained"
-            else f"the reference is a {kind or 'missing'} model, not a retrain without the forget rows",
-        )
-    ]
+    gates = (
+        []
+        if bank
+        else [
+            Gate(
+                "reference-retrained",
+                "pass" if kind == "retrained" else "fail",
+                "the reference is a model retrained without the forget rows"
+                if kind == "retrained"
+                else f"the reference is a {kind or 'missing'} model, not a retrain without the forget rows",
+            )
+        ]
+    )
     if facts.action == "unlearn" and facts.steps_applied is not None:
         steps = facts.steps_applied
         ok = steps > 0
@@ -393,12 +403,12 @@ def _integrity(report: Mapping[str, Any], facts: RunFacts) -> list[Gate]:
     return gates
 
 
-def _combine(gates: Sequence[Gate]) -> Status:
+def combine(gates: Sequence[Gate]) -> Status:
     statuses = {g.status for g in gates}
     return "fail" if "fail" in statuses else "inconclusive" if "inconclusive" in statuses else "pass"
 
 
-def _evidence(control: Sequence[Gate]) -> tuple[Evidence, str]:
+def evidence_of(control: Sequence[Gate]) -> tuple[Evidence, str]:
     caught = [g for g in control if g.status == "fail"]
     if caught:
         names = ", ".join(g.name for g in caught)

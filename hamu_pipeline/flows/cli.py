@@ -16,6 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from hamu_pipeline.flows.bank_cli import bank_app
 from hamu_pipeline.flows.batch_options import BatchRunCommand, batch_config
 from hamu_pipeline.flows.init import init as init_command
 from hamu_pipeline.tasks.env import configure_environment
@@ -27,6 +28,7 @@ audit_app = typer.Typer(help="Verify and trace the audit trail.", no_args_is_hel
 app.add_typer(requests_app, name="requests")
 app.add_typer(batch_app, name="batch")
 app.add_typer(audit_app, name="audit")
+app.add_typer(bank_app, name="bank")
 retention_app = typer.Typer(help="Delete copies that still hold erased data.", no_args_is_help=True)
 app.add_typer(retention_app, name="retention")
 console = Console()
@@ -245,22 +247,33 @@ def _print_summary(summary: dict[str, Any]) -> None:
 
 @app.command()
 def hardness(
-    preset: str = typer.Option("fashion-mnist-cpu"),
-    rho: float = typer.Option(0.5, help="forget-set mixing for the preset's split"),
+    preset: str = typer.Option(
+        "fashion-mnist-cpu", help="workload: a built-in preset or one the project file names"
+    ),
+    rho: float = typer.Option(0.5, help="forget-set mixing for the ρ-split"),
+    forget_class: str | None = typer.Option(
+        None, help="the ρ-split's class (default: the preset's, or the workload's first class)"
+    ),
     lr: float = typer.Option(0.01),
     constraint_ratio: float = typer.Option(0.1),
     batches: int = typer.Option(3),
 ) -> None:
-    """Assess HAMU hardness of the preset's ρ-split on its (freshly trained) original model."""
+    """Assess HAMU hardness of a workload's ρ-split on its (freshly trained) original model."""
     import torch.nn.functional as F
 
     from hamu.core.transform import HamuConfig
     from hamu.hardness import assess_hardness
-    from hamu.train import get_preset, preset_split, train_model
+    from hamu.train import train_model
+    from hamu.workloads import WorkloadError, get_workload
     from hamu_pipeline.tasks.loaders import batches as make_batches
 
-    split = preset_split(preset, rho=rho)
-    trained = train_model(split.train, get_preset(preset).recipe, spec=split.spec, role="original")
+    try:
+        workload = get_workload(preset)
+        split = rho_split(workload, rho, forget_class)
+    except (WorkloadError, ValueError) as exc:
+        err.print(f"[red]hardness refused[/red]: {exc}")
+        raise typer.Exit(2) from None
+    trained = train_model(split.train, workload.recipe, spec=split.spec, role="original")
     retain, forget = split.tensors("retain", trained.featurizer), split.tensors("forget", trained.featurizer)
     report = assess_hardness(
         trained.model,
@@ -279,6 +292,22 @@ def hardness(
     for key, value in data.items():
         table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
     console.print(table)
+
+
+def rho_split(workload: Any, rho: float, forget_class: str | None) -> Any:
+    """The workload's ρ-split: a preset's own split options, else the first class, with ``rho`` (and
+    ``forget_class``, a class name) overriding them."""
+    from hamu.data.splits import make_split
+    from hamu.train.recipe import PRESETS
+
+    train, test = workload.data()
+    options: dict[str, Any] = dict(PRESETS[workload.name].split) if workload.name in PRESETS else {}
+    options = {"seed": 0, **options, "strategy": "rho", "rho": rho}
+    if forget_class is not None:
+        options["forget_class"] = forget_class  # a class name (the spec maps it to its index)
+    options.setdefault("forget_class", 0)
+    strategy = str(options.pop("strategy"))
+    return make_split(strategy, train, test, **options)
 
 
 # -------------------------------------------------------------------------------------------------- audit

@@ -21,6 +21,7 @@ from hamu_pipeline.tasks.reporting import publish
 from hamu_pipeline.tasks.stages import (
     BatchContext,
     Prepared,
+    bank,
     claim,
     close,
     close_requests,
@@ -43,7 +44,7 @@ from hamu_pipeline.tasks.stages import (
 
 @flow(name="deletion-batch")
 def deletion_batch(config: BatchConfig | None = None, batch_id: str | None = None) -> dict[str, Any]:
-    """Claim → validate → split → hardness → reference → unlearn → evaluate → register → report →
+    """Claim → validate → split → bank → hardness → reference → unlearn → evaluate → register → report →
     receipts → close. Returns the batch summary (also published as Prefect artifacts)."""
     check_fault_spec()
     with open_batch(config or BatchConfig(), batch_id or new_batch_id()) as ctx:
@@ -56,10 +57,15 @@ def deletion_batch(config: BatchConfig | None = None, batch_id: str | None = Non
                 reject(ctx, validated)
             else:
                 prepared = split(ctx, validated)
-                gated = hardness(ctx, prepared)
-                ref = reference(ctx, prepared, gated)
-                candidate = unlearn(ctx, prepared, gated, ref)
-                evaluated = evaluate(ctx, prepared, ref, candidate, lira_statistics(ctx, prepared))
+                banked = bank(ctx, validated, prepared)
+                gated = hardness(ctx, prepared, banked)
+                ref = reference(ctx, prepared, gated, banked)
+                candidate = unlearn(ctx, prepared, gated, ref, banked)
+                shadow = None if banked.available else lira_statistics(ctx, prepared)
+                evaluated = evaluate(ctx, prepared, ref, candidate, banked, shadow)
+                if evaluated.needs_exact:  # the bank could not decide: the exact reference does
+                    ref = reference(ctx, prepared, gated, banked, audit=True)
+                    evaluated = evaluate(ctx, prepared, ref, candidate, banked, None, audit=True)
                 registered = register(ctx, validated, prepared, candidate, evaluated)
                 report(ctx, validated, gated, candidate, evaluated)
                 receipts(ctx, validated, candidate, evaluated, registered)

@@ -67,7 +67,8 @@ def run_demo(
     out.print(
         f"\n[bold]batch {summary['batch_id']}[/bold] finished in {elapsed:.1f} s: {summary.get('status')}"
     )
-    for key in ("verdicts", "hardness_verdict", "action", "reason", "verdict", "evidence", "gates_passed"):
+    keys = ("verdicts", "hardness_verdict", "action", "reason", "evidence_mode", "verdict", "evidence")
+    for key in (*keys, "gates_passed"):
         out.print(f"  {key}: {summary.get(key)}")
     out.print(
         f"  registered model: {summary.get('model_name')} version {summary.get('model_version')} "
@@ -80,6 +81,12 @@ def run_demo(
         "\nnext: .venv/bin/hamu audit verify | .venv/bin/hamu requests list | "
         f".venv/bin/hamu audit trace {rows[0][0]}"
     )
+    if summary.get("evidence_mode") == "exact":
+        out.print(
+            f"later batches: .venv/bin/hamu bank train --preset {preset} trains the lineage's reference bank "
+            "once (about 4 retrains); batches are then judged by it without a retrain each, and unlearning "
+            "can be cheaper than retraining (docs/evaluation.md)"
+        )
     _print_outcome(out, summary)
     return summary
 

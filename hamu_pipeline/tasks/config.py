@@ -47,6 +47,24 @@ class BatchConfig(BaseModel):
     cost_aware: bool = Field(True, description="retrain exactly when that is predicted to be cheaper")
     exact: bool = Field(False, description="retrain exactly whatever hardness and cost say")
     train_reference: bool = Field(True, description="train the exact retrained reference when absent")
+    reference_mode: Literal["auto", "exact", "bank", "both"] = Field(
+        "auto",
+        description="what the candidate is judged against: the exact retrain, the lineage's reference bank, "
+        "or both; auto uses the bank when the lineage has one (hamu bank train), the exact retrain otherwise",
+    )
+    bank_audit_every: int = Field(
+        10,
+        ge=1,
+        description="under auto, every N-th batch judged by the bank also trains the exact reference",
+    )
+    bank_min_out: int = Field(
+        2,
+        ge=1,
+        description="bank members that never saw a row needed to judge it; fewer retrains the members",
+    )
+    bank_erased_rows: int = Field(
+        2000, ge=0, description="rows erased by earlier batches re-checked against the bank in every batch"
+    )
     eval_retain_rows: int = Field(3000, ge=100, description="retain rows used for evaluation")
     shadow_models: int = Field(2, ge=0, le=64, description="LiRA reference models (0 turns LiRA off)")
     max_requests: int = Field(

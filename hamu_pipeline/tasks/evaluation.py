@@ -104,14 +104,19 @@ def own_inputs(
 
 
 def make_plots(
-    evaluation: Evaluation, history: Sequence[StepRecord], tensor_names: Sequence[str], method: str, out: Path
+    evaluation: Evaluation | None,
+    history: Sequence[StepRecord],
+    tensor_names: Sequence[str],
+    method: str,
+    out: Path,
 ) -> dict[str, Path]:
-    """ROC curves, loss histograms, the trade-off trajectory and the per-layer κ heatmap (when HAMU ran)."""
+    """ROC curves and loss histograms (with an exact reference), the trade-off trajectory and the per-layer
+    κ heatmap (when HAMU ran)."""
     out.mkdir(parents=True, exist_ok=True)
-    paths = {
-        "roc": plot_roc_curves(evaluation.scores, out / "roc.png"),
-        "loss_histograms": plot_loss_histograms(evaluation.scores, out / "loss_histograms.png"),
-    }
+    paths = {}
+    if evaluation is not None:
+        paths["roc"] = plot_roc_curves(evaluation.scores, out / "roc.png")
+        paths["loss_histograms"] = plot_loss_histograms(evaluation.scores, out / "loss_histograms.png")
     if history:
         paths["tradeoff"] = plot_tradeoff({method: list(history)}, out / "tradeoff.png")
         if history[0].kappa_per_tensor is not None:

@@ -13,6 +13,7 @@ STAGES = (
     "claim",
     "validate",
     "split",
+    "bank",
     "hardness",
     "reference",
     "unlearn",

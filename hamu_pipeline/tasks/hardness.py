@@ -46,20 +46,27 @@ def gate(
     retain_rows: int,
     config: BatchConfig,
     drift_breaches: list[str],
+    *,
+    bank_available: bool = False,
 ) -> Decision:
-    """Retrain cost: the champion's recorded training time, scaled to the retain set's size. A source
-    whose lineage is over its drift budget is retrained exactly when ``drift_action`` is ``retrain``.
-    HAMU's hardness verdict gates only HAMU methods (an advisory for the baselines)."""
+    """Retrain cost: the champion's recorded training time, scaled to the retain set's size. Honouring the
+    request by unlearning costs the steps plus the evidence: a retrain of the exact reference unless the
+    lineage's reference bank judges the candidate (``bank_available``). A source whose lineage is over its
+    drift budget is retrained exactly when ``drift_action`` is ``retrain``. HAMU's hardness verdict gates
+    only HAMU methods (an advisory for the baselines)."""
     cost = None
     if config.cost_aware:
         trained_rows = max(int(champion.metadata.get("data_size", retain_rows)), 1)
         retrain = float(champion.metadata.get("train_seconds", 0.0)) * retain_rows / trained_rows
+        by_bank = bank_available and config.reference_mode != "exact"
         cost = CostEstimate(
             unlearn_seconds=seconds_per_step * config.max_steps,
             retrain_seconds=retrain,
             steps=config.max_steps,
             method=report.method,
             device=report.device,
+            evidence_seconds=0.0 if by_bank else retrain,
+            evidence="the reference bank (inference only)" if by_bank else "the exact reference's retrain",
         )
     drift = [f"drift budget of the source version {champion.version}: {b}" for b in drift_breaches]
     forced = drift if config.drift_action == "retrain" else []

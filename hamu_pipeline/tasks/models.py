@@ -23,6 +23,7 @@ from prefect.cache_policies import NO_CACHE
 from torch import nn
 
 from hamu.data import Split, record_ids
+from hamu.data.digest import dataset_digest
 from hamu.data.tensors import Featurizer
 from hamu.governance.audit import ANCHOR_TAG, Ledger, LedgerRecord, load_or_create_key
 from hamu.governance.lineage import ErasureManifest
@@ -54,6 +55,16 @@ class PresetData:
         """The manifest's record IDs, read from the table once: the session, validation and the split each
         need them. One shared list: callers read it and never change it."""
         return record_ids(self.train)
+
+    @cached_property
+    def manifest_digest(self) -> str:
+        """The training manifest's content digest: what a reference bank is bound to."""
+        return dataset_digest(self.train)
+
+    @cached_property
+    def positions(self) -> dict[str, int]:
+        """Each record ID's row in the manifest (the bank's membership is indexed by it)."""
+        return {rid: i for i, rid in enumerate(self.manifest_ids)}
 
 
 @dataclass

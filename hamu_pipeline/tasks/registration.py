@@ -128,6 +128,14 @@ def refresh_model_card(name: str) -> str:
 
 
 def log_report_metrics(report: Mapping[str, Any]) -> None:
-    for key in ("utility", "attacks", "forget_quality", "gaps", "detection_floor"):
+    for key in (
+        "utility",
+        "attacks",
+        "forget_quality",
+        "gaps",
+        "detection_floor",
+        "bank",
+        "test_accuracy_change",
+    ):
         if key in report:
             log_flat_dict(key, report[key])

@@ -23,7 +23,9 @@ from mlflow.entities import Metric
 from hamu import StepRecord, UnlearnResult, unlearn
 from hamu.controller import ForgetTarget, TargetResult, mean_loss, unlearn_to_target
 from hamu.evaluation import compute_per_example
+from hamu.evaluation.bank import expected_forget_loss
 from hamu.governance.verdict import GatePolicy, forget_loss_target
+from hamu_pipeline.tasks.bank import BankView
 from hamu_pipeline.tasks.config import BatchConfig
 from hamu_pipeline.tasks.loaders import batches
 from hamu_pipeline.tasks.models import ServedModel
@@ -81,6 +83,24 @@ def forget_target(
     orig = compute_per_example(champion.model, forget).loss
     ref = compute_per_example(reference_model, (reference_inputs, forget[1])).loss
     loss, tolerance, _ = forget_loss_target(orig.tolist(), ref.tolist(), policy=policy)
+    return ForgetTarget(loss=loss, tolerance=tolerance, check_every=check_every)
+
+
+def bank_forget_target(
+    champion: ServedModel,
+    forget: tuple[Any, Any],
+    test: tuple[Any, Any],
+    view: BankView,
+    policy: GatePolicy,
+    check_every: int,
+) -> ForgetTarget:
+    """The forget loss a model of the champion's strength would have without the forget rows, estimated from
+    the bank's members that never saw each row (:func:`hamu.evaluation.bank.expected_forget_loss`), within
+    half the ``forget-loss`` gate's band: the target when no exact reference is trained."""
+    served_forget = compute_per_example(champion.model, forget).loss
+    served_test = compute_per_example(champion.model, test).loss
+    _, per_row = expected_forget_loss(view.loss["forget"], view.out["forget"], view.loss["test"], served_test)
+    loss, tolerance, _ = forget_loss_target(served_forget.tolist(), per_row.tolist(), policy=policy)
     return ForgetTarget(loss=loss, tolerance=tolerance, check_every=check_every)
 
 

@@ -138,12 +138,27 @@ def _interval(gate: Mapping[str, Any]) -> str:
 
 
 def _evidence(report: Mapping[str, Any], verdict: Mapping[str, Any] | None) -> list[str]:
-    out = [
-        "## Forgetting evidence against the retrained reference",
-        "",
-        f"Reference: {report.get('reference', {}).get('kind', '-')}.",
-        "",
-    ]
+    reference = report.get("reference", {})
+    kind = reference.get("kind", "-")
+    if kind == "bank":
+        out = [
+            "## Forgetting evidence against the reference bank",
+            "",
+            f"Reference: the lineage's bank {reference.get('bank_id', '-')} of "
+            f"{reference.get('n_models', '-')} models, each trained with the served recipe on half the "
+            "manifest; no retrain. The candidate's offline LiRA scores on the forget rows, against the "
+            "members that never saw each row, are "
+            "compared with its scores on the test rows (AUC ½ for a model that never saw them). "
+            f"Rows erased by earlier batches re-checked: {reference.get('erased_rows_rechecked', 0)}.",
+            "",
+        ]
+    else:
+        out = [
+            "## Forgetting evidence against the retrained reference",
+            "",
+            f"Reference: {kind}.",
+            "",
+        ]
     if not verdict:
         return out
     outcome = "**promotable**" if verdict["passed"] else "**not promotable**"

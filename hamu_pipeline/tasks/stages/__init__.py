@@ -6,18 +6,26 @@ its own ledger record and MLflow logs, and returns its own frozen result.
 lists them.
 """
 
+from hamu_pipeline.tasks.stages.bank import Banked, bank
 from hamu_pipeline.tasks.stages.base import BatchContext, Stage, stage
 from hamu_pipeline.tasks.stages.close import close, close_requests, receipts, reject, report
 from hamu_pipeline.tasks.stages.evaluate import DriftOutcome, Evaluated, drift_outcome, evaluate, judge
 from hamu_pipeline.tasks.stages.hardness import Gated, choose_path, hardness
 from hamu_pipeline.tasks.stages.intake import Claimed, Validated, claim, nothing_claimed, validate
-from hamu_pipeline.tasks.stages.reference import Reference, reference, trains_reference, usable_reference
+from hamu_pipeline.tasks.stages.reference import (
+    Reference,
+    reference,
+    reference_mode,
+    trains_reference,
+    usable_reference,
+)
 from hamu_pipeline.tasks.stages.register import Registered, register, version_tags
 from hamu_pipeline.tasks.stages.session import guarded, new_batch_id, open_batch
 from hamu_pipeline.tasks.stages.split import Prepared, split
 from hamu_pipeline.tasks.stages.unlearn import Candidate, unlearn
 
 __all__ = [
+    "Banked",
     "BatchContext",
     "Candidate",
     "Claimed",
@@ -29,6 +37,7 @@ __all__ = [
     "Registered",
     "Stage",
     "Validated",
+    "bank",
     "choose_path",
     "claim",
     "close",
@@ -43,6 +52,7 @@ __all__ = [
     "open_batch",
     "receipts",
     "reference",
+    "reference_mode",
     "register",
     "reject",
     "report",

@@ -76,8 +76,11 @@ def receipts(
         "verdict": verdict.status,
         "gates_passed": verdict.passed,
         "evidence": verdict.evidence,
+        "evidence_mode": evaluated.mode,
         "action": candidate.action,
     }
+    if evaluated.bank_verdict is not None:
+        evidence["bank_verdict"] = evaluated.bank_verdict.status
     ctx.audit.issue_receipts(
         validated.judged,
         model_name=ctx.champion.name,

@@ -7,6 +7,7 @@ The two decisions taken here, the verdict's wiring and the drift outcome, are pl
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,13 +15,15 @@ from typing import Any
 
 import mlflow
 
-from hamu.evaluation import Evaluation, ReferenceStats
+from hamu.evaluation import Evaluation, MissingReferenceError, ReferenceStats
 from hamu.governance.drift import DriftBudget, DriftState, advance, batch_gaps, breaches
 from hamu.governance.verdict import GatePolicy, RunFacts, Verdict, decide
+from hamu_pipeline.tasks.bank import bank_evidence_report
 from hamu_pipeline.tasks.evaluation import evaluate as evaluate_models
 from hamu_pipeline.tasks.evaluation import make_plots, own_inputs
 from hamu_pipeline.tasks.lineage import drift_of
 from hamu_pipeline.tasks.registration import log_report_metrics
+from hamu_pipeline.tasks.stages.bank import Banked
 from hamu_pipeline.tasks.stages.base import BatchContext, stage
 from hamu_pipeline.tasks.stages.reference import Reference
 from hamu_pipeline.tasks.stages.split import Prepared
@@ -74,19 +77,34 @@ def judge(report: Mapping[str, Any], candidate: Candidate, policy: GatePolicy) -
 
 @dataclass(frozen=True)
 class Evaluated:
-    """The evidence (report on disk in the working area), its verdict, the drift outcome and the plots."""
+    """The evidence (report on disk in the working area), its verdict, the drift outcome and the plots.
 
-    evaluation: Evaluation
+    ``mode`` is the evidence used: ``exact``, ``bank`` or ``both`` (the exact verdict decides, the bank's
+    is recorded beside it). ``needs_exact``: the bank alone could not decide; the flow trains the exact
+    reference and evaluates again.
+    """
+
+    evaluation: Evaluation | None
     report: dict[str, Any]
     report_path: Path
     verdict: Verdict
     drift: DriftOutcome
     plots: dict[str, Path]
     ledger_report: str
+    mode: str = "exact"
+    bank_verdict: Verdict | None = None
+    mode_reason: str = ""
+
+    @property
+    def needs_exact(self) -> bool:
+        v = self.verdict
+        return self.mode == "bank" and (v.status == "inconclusive" or v.evidence != "adequate")
 
     def summary(self) -> dict[str, Any]:
         v = self.verdict
-        return {
+        out = {
+            "evidence_mode": self.mode,
+            **({"evidence_mode_reason": self.mode_reason} if self.mode_reason else {}),
             "evidence": v.evidence,
             "gates_passed": v.passed,
             "verdict": v.status,
@@ -94,6 +112,49 @@ class Evaluated:
             "drift": self.drift.to_dict(),
             "report_path": self.ledger_report,
         }
+        if self.bank_verdict is not None:
+            out["bank_verdict"] = self.bank_verdict.status
+            out["bank_agrees"] = bank_agrees(v, self.bank_verdict)
+        return out
+
+
+def bank_agrees(exact: Verdict, bank: Verdict) -> bool:
+    """Whether the bank's verdict is the exact reference's (pass against not pass)."""
+    return (exact.status == "pass") == (bank.status == "pass")
+
+
+def bank_rows(ctx: BatchContext, prepared: Prepared, banked: Banked) -> dict[str, Any]:
+    """The rows a bank report reads: the evaluated retain sample, forget, test, and the re-checked erased."""
+    split = prepared.split
+    rows = {
+        "retain": split.retain.select([int(i) for i in prepared.eval_rows]),
+        "forget": split.forget,
+        "test": split.test,
+    }
+    if banked.erased.size:
+        rows["erased"] = ctx.data.train.select(banked.erased.tolist())
+    return rows
+
+
+def judge_by_bank(
+    ctx: BatchContext, prepared: Prepared, candidate: Candidate, banked: Banked
+) -> tuple[dict[str, Any], Verdict]:
+    """The bank report of the champion and the candidate, and the candidate's verdict on it."""
+    if banked.view is None:
+        raise ValueError("no bank view: this batch has no reference bank")
+    models = {
+        "original": (ctx.champion.model, ctx.champion.featurizer),
+        "unlearned": (candidate.model, candidate.source.featurizer),
+    }
+    report = bank_evidence_report(
+        models,
+        bank_rows(ctx, prepared, banked),
+        banked.view,
+        bank=banked.describe(),
+        digests=prepared.digests,
+        seed=ctx.config.seed,
+    )
+    return report, judge(report, candidate, ctx.config.verdict_policy())
 
 
 @stage("evaluate", rerunnable=True)
@@ -102,38 +163,86 @@ def evaluate(
     prepared: Prepared,
     reference: Reference,
     candidate: Candidate,
+    banked: Banked,
     shadow: Sequence[ReferenceStats] | None,
+    audit: bool = False,
 ) -> Evaluated:
-    """Evaluate the three models, judge the candidate, and advance the lineage's drift."""
+    """Evaluate against the exact reference, the bank, or both; judge the candidate; advance the drift.
+
+    ``audit``: the second evaluation of a batch whose bank evidence could not decide; its files get their
+    own names, so the first evaluation's files (and the ledger record vouching for them) stay as they were.
+    """
     cfg = ctx.config
-    featurizers = {"retrained": reference.trained.featurizer, "unlearned": candidate.source.featurizer}
-    own = own_inputs(prepared.split, featurizers, ctx.champion.featurizer, prepared.eval_rows)
-    evaluation = evaluate_models(
-        {"original": ctx.champion.model, "retrained": reference.model, "unlearned": candidate.model},
-        prepared.eval_splits(),
-        reference_kind=reference.kind,
-        stats=shadow,
-        digests=prepared.digests,
-        seed=cfg.seed,
-        model_inputs=own,
-    )
-    evaluation.scores.save(ctx.work / "scores")
+    exact = reference.trained if reference.trained is not None else candidate.retrained
+    bank_report_: dict[str, Any] | None = None
+    bank_verdict: Verdict | None = None
+    if banked.available:
+        bank_report_, bank_verdict = judge_by_bank(ctx, prepared, candidate, banked)
+    evaluation: Evaluation | None = None
+    if exact is not None:
+        mode = "both" if bank_report_ is not None else "exact"
+        kind = reference.kind if reference.trained is not None else "retrained"
+        featurizers = {"retrained": exact.featurizer, "unlearned": candidate.source.featurizer}
+        own = own_inputs(prepared.split, featurizers, ctx.champion.featurizer, prepared.eval_rows)
+        evaluation = evaluate_models(
+            {"original": ctx.champion.model, "retrained": exact.model, "unlearned": candidate.model},
+            prepared.eval_splits(),
+            reference_kind=kind,
+            stats=None if bank_report_ is not None else shadow,
+            digests=prepared.digests,
+            seed=cfg.seed,
+            model_inputs=own,
+        )
+        evaluation.scores.save(ctx.work / "scores")
+        report = evaluation.report.to_dict()
+        verdict = judge(report, candidate, cfg.verdict_policy())
+    elif bank_report_ is not None and bank_verdict is not None:
+        mode, report, verdict, bank_verdict = "bank", bank_report_, bank_verdict, None
+    else:
+        raise MissingReferenceError(
+            "neither an exact reference nor a reference bank to judge the candidate by"
+        )
+    stem = "evaluation-audit" if audit else "evaluation"
+    report_path = ctx.work / f"{stem}.json"
+    if evaluation is not None:
+        evaluation.report.write(report_path)
+    else:
+        report_path.parent.mkdir(parents=True, exist_ok=True)
+        report_path.write_text(json.dumps(report, indent=1, sort_keys=True))
+    artifacts = {"evaluation": (report_path.name, report_path.read_bytes())}
+    if mode == "both" and bank_report_ is not None:
+        bank_path = ctx.work / f"{stem}-bank.json"
+        bank_path.write_text(json.dumps(bank_report_, indent=1, sort_keys=True))
+        artifacts["bank_evaluation"] = (bank_path.name, bank_path.read_bytes())
+        mlflow.log_artifact(str(bank_path))
     plots = make_plots(evaluation, candidate.history, candidate.tensor_names, cfg.method, ctx.work / "plots")
-    report_path = evaluation.report.write(ctx.work / "evaluation.json")
-    report = evaluation.report.to_dict()
     log_report_metrics(report)
-    verdict = judge(report, candidate, cfg.verdict_policy())
     mlflow.set_tags(
-        {"verdict": verdict.status, "evidence": verdict.evidence, "gates_passed": str(verdict.passed)}
+        {
+            "verdict": verdict.status,
+            "evidence": verdict.evidence,
+            "gates_passed": str(verdict.passed),
+            "evidence_mode": mode,
+        }
     )
     drift = drift_outcome(drift_of(ctx.champion), candidate, report, cfg.drift_budget(), cfg.drift_action)
     mlflow.log_metrics({f"drift.{k}": float(v) for k, v in drift.state.to_dict().items()})
+    params: dict[str, Any] = {"drift": drift.to_dict(), "verdict": verdict.to_dict(), "evidence_mode": mode}
+    if bank_verdict is not None:
+        params["bank_verdict"] = {"status": bank_verdict.status, "agrees": bank_agrees(verdict, bank_verdict)}
     ctx.audit.record(
         "evaluate",
         decision=verdict.status,
-        reason=f"evidence {verdict.evidence}: {verdict.reason}"[:2000],
-        params={"drift": drift.to_dict(), "verdict": verdict.to_dict()},
-        artifacts={"evaluation": ("evaluation.json", report_path.read_bytes())},
+        reason=f"evidence {verdict.evidence} ({mode}): {verdict.reason}"[:2000],
+        params=params,
+        artifacts=artifacts,
     )
-    in_ledger = str(ctx.paths.audit / "batches" / ctx.batch_id / "evaluation.json")
-    return Evaluated(evaluation, report, report_path, verdict, drift, plots, in_ledger)
+    in_ledger = str(ctx.paths.audit / "batches" / ctx.batch_id / report_path.name)
+    why = (
+        "the outcome is the exact retrain (unlearning missed its target); the bank judges it too"
+        if reference.mode == "bank" and mode == "both"
+        else ""
+    )
+    return Evaluated(
+        evaluation, report, report_path, verdict, drift, plots, in_ledger, mode, bank_verdict, mode_reason=why
+    )

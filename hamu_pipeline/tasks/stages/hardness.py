@@ -17,6 +17,7 @@ from hamu_pipeline.tasks.config import BatchConfig
 from hamu_pipeline.tasks.hardness import assess, gate
 from hamu_pipeline.tasks.lineage import drift_of
 from hamu_pipeline.tasks.models import ServedModel
+from hamu_pipeline.tasks.stages.bank import Banked
 from hamu_pipeline.tasks.stages.base import BatchContext, stage
 from hamu_pipeline.tasks.stages.split import Prepared
 
@@ -42,20 +43,31 @@ class Gated:
 
 
 def choose_path(
-    report: HardnessReport, seconds_per_step: float, champion: ServedModel, retain_rows: int, cfg: BatchConfig
+    report: HardnessReport,
+    seconds_per_step: float,
+    champion: ServedModel,
+    retain_rows: int,
+    cfg: BatchConfig,
+    *,
+    bank_available: bool = False,
 ) -> Decision:
-    """Unlearn or retrain: the gate on the hardness report, the measured cost, and the drift the champion's
-    lineage has accumulated (read from its version tags) against this batch's budget."""
+    """Unlearn or retrain: the gate on the hardness report, the measured cost of each way to honour the
+    request (with its evidence), and the drift the champion's lineage has accumulated (read from its version
+    tags) against this batch's budget."""
     over_source = breaches(drift_of(champion), cfg.drift_budget())
-    return gate(report, seconds_per_step, champion, retain_rows, cfg, over_source)
+    return gate(
+        report, seconds_per_step, champion, retain_rows, cfg, over_source, bank_available=bank_available
+    )
 
 
 @stage("hardness", rerunnable=True)
-def hardness(ctx: BatchContext, prepared: Prepared) -> Gated:
+def hardness(ctx: BatchContext, prepared: Prepared, banked: Banked) -> Gated:
     """Assess the champion on paired retain/forget batches and decide between unlearning and retraining."""
     cfg = ctx.config
     report, per_step = assess(ctx.champion, prepared.retain, prepared.forget, cfg)
-    decision = choose_path(report, per_step, ctx.champion, len(prepared.retain[1]), cfg)
+    decision = choose_path(
+        report, per_step, ctx.champion, len(prepared.retain[1]), cfg, bank_available=banked.available
+    )
     mlflow.log_metrics({f"hardness.{k}": float(v) for k, v in report.to_dict().items() if _finite_number(v)})
     ctx.audit.record(
         "hardness",

@@ -10,15 +10,18 @@ from typing import Any
 import mlflow
 from torch import nn
 
+from hamu.controller import ForgetTarget
 from hamu.models import model_digest
 from hamu.train import TrainedModel
 from hamu.unlearner import StepRecord
-from hamu_pipeline.tasks.models import ServedModel, candidate_source
+from hamu_pipeline.tasks.models import ServedModel, candidate_source, retrained_reference
+from hamu_pipeline.tasks.stages.bank import Banked
 from hamu_pipeline.tasks.stages.base import BatchContext, stage
 from hamu_pipeline.tasks.stages.hardness import Gated
 from hamu_pipeline.tasks.stages.reference import Reference
 from hamu_pipeline.tasks.stages.split import Prepared
 from hamu_pipeline.tasks.unlearning import (
+    bank_forget_target,
     encoded_for,
     forget_target,
     retrain_instead,
@@ -48,6 +51,8 @@ class Candidate:
     fallback: str = ""
     history: Sequence[StepRecord] = ()
     tensor_names: tuple[str, ...] = ()
+    #: The exact retrain when it is the outcome (also when the bank judged and the target was missed).
+    retrained: TrainedModel | None = None
 
     def summary(self) -> dict[str, Any]:
         out: dict[str, Any] = {"action": self.action}
@@ -58,34 +63,65 @@ class Candidate:
         return out
 
 
+def exact_retrain(ctx: BatchContext, prepared: Prepared, reference: Reference) -> TrainedModel:
+    """The exact retrain: the reference when it was trained, else trained now (a bank-judged batch whose
+    unlearning missed its target)."""
+    if reference.exact and reference.trained is not None:
+        return reference.trained
+    found, _, _ = retrained_reference(ctx.paths, prepared.split, ctx.champion, train=True)
+    if found is None:
+        raise RuntimeError("the exact retrain could not be trained")
+    return found
+
+
+def unlearning_target(
+    ctx: BatchContext, prepared: Prepared, reference: Reference, banked: Banked
+) -> ForgetTarget | None:
+    """The forget loss to drive unlearning to: the exact reference's, else the bank's estimate."""
+    cfg, champion, forget = ctx.config, ctx.champion, prepared.forget
+    if not cfg.to_target:
+        return None
+    if reference.exact and reference.trained is not None:
+        ref_inputs = encoded_for(reference.trained, champion.featurizer, prepared.split.forget, forget[0])
+        return forget_target(
+            champion, reference.model, forget, ref_inputs, cfg.verdict_policy(), cfg.check_every
+        )
+    if banked.view is not None:
+        return bank_forget_target(
+            champion, forget, prepared.test, banked.view, cfg.verdict_policy(), cfg.check_every
+        )
+    return None
+
+
 @stage("unlearn", rerunnable=True)
-def unlearn(ctx: BatchContext, prepared: Prepared, gated: Gated, reference: Reference) -> Candidate:
-    """Unlearn (to the reference's forget loss when ``to_target``), or register the exact retrain."""
+def unlearn(
+    ctx: BatchContext, prepared: Prepared, gated: Gated, reference: Reference, banked: Banked
+) -> Candidate:
+    """Unlearn (to the reference's or the bank's forget loss when ``to_target``), or register the exact
+    retrain."""
     cfg, champion = ctx.config, ctx.champion
     planned = gated.action
+    retrained: TrainedModel | None = None
     if planned == "unlearn":
-        target = None
-        if cfg.to_target and reference.exact:
-            forget = prepared.forget
-            ref_inputs = encoded_for(reference.trained, champion.featurizer, prepared.split.forget, forget[0])
-            target = forget_target(
-                champion, reference.model, forget, ref_inputs, cfg.verdict_policy(), cfg.check_every
-            )
+        target = unlearning_target(ctx, prepared, reference, banked)
         result, seconds = run_unlearning(
             champion, prepared.retain, prepared.forget, cfg, ctx.audit.mlflow_run_id, target
         )
         target_params = target_summary(result, target)
+        if target is not None:
+            target_params["target_source"] = "exact reference" if reference.exact else "reference bank"
         fallback = retrain_instead(target_params, result.steps_applied)
-        action, model, stop = (
-            ("retrain", reference.model, fallback)
-            if fallback
-            else ("unlearn", result.model, result.stop_reason)
-        )
+        if fallback:
+            retrained = exact_retrain(ctx, prepared, reference)
+            action, model, stop = "retrain", retrained.model, fallback
+        else:
+            action, model, stop = "unlearn", result.model, result.stop_reason
         steps, history, names = result.steps_applied, result.history, tuple(result.tensor_names)
     else:
+        retrained = exact_retrain(ctx, prepared, reference)
         action, model, stop, seconds, steps = (
             "retrain",
-            reference.model,
+            retrained.model,
             "retrained",
             reference.train_seconds,
             0,
@@ -94,7 +130,7 @@ def unlearn(ctx: BatchContext, prepared: Prepared, gated: Gated, reference: Refe
     mlflow.log_metrics({"unlearn_seconds": seconds, "steps_applied": float(steps)})
     candidate = Candidate(
         model=model,
-        source=candidate_source(champion, reference.trained, action),
+        source=candidate_source(champion, retrained, action),
         action=action,
         planned=planned,
         stop=stop,
@@ -106,6 +142,7 @@ def unlearn(ctx: BatchContext, prepared: Prepared, gated: Gated, reference: Refe
         fallback=fallback,
         history=tuple(history),
         tensor_names=names,
+        retrained=retrained,
     )
     ctx.audit.record(
         "unlearn",

@@ -1,0 +1,214 @@
+"""The reference bank in the pipeline: ``hamu bank train``, batches judged by the bank, by both, and the
+refusals (a bank of another manifest, a crash while training one), each leaving the state as it was.
+
+Real Prefect, MLflow, queue and ledger on the digits preset; the bank has 4 members.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from conftest import pipeline_home
+from typer.testing import CliRunner
+
+pytestmark = pytest.mark.slow
+
+PRESET = "digits-cpu"
+NAME = f"hamu-{PRESET}"
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    with pipeline_home(tmp_path_factory.mktemp("hamu-home-bank")) as root:
+        assert _hamu("init", "--preset", PRESET).exit_code == 0
+        yield root
+
+
+def _hamu(*args: str) -> Any:
+    from hamu_pipeline.flows.cli import app
+
+    return CliRunner().invoke(app, list(args))
+
+
+def _submit(home: Path, records: list[str], prefix: str) -> None:
+    received = (datetime.now(UTC) - timedelta(minutes=2)).isoformat()
+    path = home / f"{prefix}.csv"
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["request_id", "record_id", "reason", "received_at"])
+        writer.writerows((f"{prefix}-{i:03d}", rec, "privacy", received) for i, rec in enumerate(records))
+    result = _hamu("requests", "submit", str(path))
+    assert result.exit_code == 0, result.output
+
+
+def _records(home: Path) -> list[Any]:
+    from hamu.governance.audit import Ledger
+
+    return Ledger(home / "audit").records()
+
+
+def _batch(**options: Any) -> dict[str, Any]:
+    from hamu_pipeline.flows.config import BatchConfig
+    from hamu_pipeline.flows.deletion_batch import deletion_batch
+
+    config = BatchConfig(preset=PRESET, shadow_models=0, cost_aware=False, eval_retain_rows=300, **options)
+    return deletion_batch(config)
+
+
+def _bank_folder(home: Path) -> Path:
+    return home / "models" / "banks" / NAME
+
+
+def test_bank_train_writes_a_verified_bank_and_records_it_without_raw_ids(home: Path) -> None:
+    import mlflow
+
+    from hamu_pipeline.tasks.models import load_preset_data
+
+    result = _hamu("bank", "train", "--preset", PRESET, "--models", "4")
+    assert result.exit_code == 0, result.output
+    body = json.loads((_bank_folder(home) / "bank.json").read_text())
+    assert body["plan"]["n_models"] == 4 and len(body["members"]) == 4
+    assert _hamu("bank", "show", "--preset", PRESET).exit_code == 0
+    record = [r for r in _records(home) if r.step == "train-bank"][-1]
+    assert record.params["bank_id"] == body["plan"]["bank_id"]
+    run = mlflow.get_run(record.refs["mlflow_run_id"])
+    assert run.data.tags["hamu.kind"] == "reference-bank"
+    folder = Path(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="bank/members"))
+    manifests = [json.loads(p.read_text()) for p in sorted(folder.glob("member-*.json"))]
+    assert len(manifests) == 4
+    ids = set(load_preset_data(PRESET).manifest_ids)
+    text = " ".join(p.read_text() for p in folder.glob("*.json"))
+    assert not any(i in text for i in list(ids)[:200])  # keyed hashes only, no raw record IDs
+    assert sum(m["rows"] for m in manifests) == 2 * len(ids)  # each row IN for exactly half of 4
+
+
+def test_a_batch_judged_by_both_records_the_bank_beside_the_exact_verdict(home: Path) -> None:
+    from hamu_pipeline.tasks.models import load_preset_data
+
+    _submit(home, load_preset_data(PRESET).manifest_ids[:40], "both")
+    summary = _batch(reference_mode="both", method="gdiff", max_steps=20, to_target=False)
+    assert summary["status"] == "completed"
+    assert summary["evidence_mode"] == "both"
+    assert summary["bank_verdict"] in ("pass", "fail", "inconclusive")
+    records = [r for r in _records(home) if r.batch_id == summary["batch_id"]]
+    steps = {r.step: r for r in records}
+    assert steps["bank"].decision == "loaded"
+    assert steps["reference"].decision == "both"
+    assert "bank_evaluation" in steps["evaluate"].artifacts
+    assert steps["evaluate"].params["evidence_mode"] == "both"
+    receipts = list((home / "audit" / "receipts").rglob("*.json"))
+    assert any(json.loads(p.read_text()).get("evidence", {}).get("evidence_mode") == "both" for p in receipts)
+
+
+def test_a_batch_judged_by_the_bank_alone_writes_a_bank_report(home: Path) -> None:
+    from hamu_pipeline.tasks.models import load_preset_data
+
+    _submit(home, load_preset_data(PRESET).manifest_ids[40:80], "bank")
+    summary = _batch(reference_mode="bank", method="gdiff", max_steps=20, to_target=False)
+    records = {r.step: r for r in _records(home) if r.batch_id == summary["batch_id"]}
+    # the bank judged first; only when its evidence could not decide did the exact reference decide
+    first = next(r for r in _records(home) if r.batch_id == summary["batch_id"] and r.step == "reference")
+    assert first.decision == "bank"
+    report = json.loads((home / "audit" / records["evaluate"].artifacts["evaluation"]["path"]).read_text())
+    if summary["evidence_mode"] == "bank":
+        assert report["reference"]["kind"] == "bank"
+        assert {"original", "unlearned"} <= set(report["bank"])
+        gates = {g["name"] for g in records["evaluate"].params["verdict"]["gates"]}
+        assert "reference-retrained" not in gates and "bank-lira" in gates
+    else:
+        assert summary["evidence_mode"] == "both" and report["reference"]["kind"] == "retrained"
+
+
+def test_a_bank_of_another_manifest_is_refused_never_used(home: Path) -> None:
+    from hamu.governance.requests import RequestQueue
+    from hamu.train.bank import BankMismatchError
+    from hamu_pipeline.tasks.models import load_preset_data
+
+    path = _bank_folder(home) / "bank.json"
+    original = path.read_text()
+    body = json.loads(original)
+    body["plan"]["manifest_digest"] = "0" * 64
+    path.write_text(json.dumps(body))
+    try:
+        assert _hamu("bank", "show", "--preset", PRESET).exit_code == 1
+        _submit(home, load_preset_data(PRESET).manifest_ids[80:100], "refused")
+        with RequestQueue(f"sqlite:///{home / 'requests.db'}") as queue:
+            before = sorted((r.request_id, r.status.value) for r in queue.list())
+        with pytest.raises(BankMismatchError, match="another training manifest"):
+            _batch(reference_mode="bank", method="gdiff", max_steps=5, to_target=False)
+        with RequestQueue(f"sqlite:///{home / 'requests.db'}") as queue:
+            assert sorted((r.request_id, r.status.value) for r in queue.list()) == before
+        summary = _batch(method="gdiff", max_steps=5, to_target=False)  # auto: refused, recorded, exact
+        assert summary["evidence_mode"] == "exact"
+        assert summary["bank_note"].startswith("bank refused")
+        refused = [r for r in _records(home) if r.batch_id == summary["batch_id"] and r.step == "bank"]
+        assert refused and refused[0].decision == "refused"
+    finally:
+        path.write_text(original)
+
+
+def test_a_crash_while_training_the_bank_leaves_the_old_bank_in_use(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import hamu.train.bank as bank_module
+
+    before = {p.name: p.read_bytes() for p in _bank_folder(home).iterdir()}
+    real = bank_module.train_model
+    calls = {"n": 0}
+
+    def dies_on_the_third(*args: Any, **kwargs: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("worker lost")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(bank_module, "train_model", dies_on_the_third)
+    result = _hamu("bank", "train", "--preset", PRESET, "--models", "4", "--seed", "7")
+    assert result.exit_code != 0
+    assert {p.name: p.read_bytes() for p in _bank_folder(home).iterdir()} == before
+    assert not list(_bank_folder(home).parent.glob(".bank-*"))
+    assert _hamu("bank", "show", "--preset", PRESET).exit_code == 0
+
+
+def test_a_new_bank_leaves_erased_rows_out_of_every_member(home: Path) -> None:
+    from hamu.governance.requests import RequestQueue
+    from hamu.train.bank import load_bank
+    from hamu_pipeline.tasks.models import load_preset_data
+
+    _submit(home, load_preset_data(PRESET).manifest_ids[100:130], "erase")
+    summary = _batch(exact=True)
+    assert summary["action"] == "retrain"
+    promoted = _hamu(
+        "promote", "--batch", summary["batch_id"], "--accept-insufficient-evidence", "--reason", "weak"
+    )
+    assert promoted.exit_code == 0, promoted.output
+    with RequestQueue(f"sqlite:///{home / 'requests.db'}") as queue:
+        erased = queue.erased_record_ids()
+    assert erased
+    assert _hamu("bank", "train", "--preset", PRESET, "--models", "4", "--seed", "3").exit_code == 0
+    data = load_preset_data(PRESET)
+    body = json.loads((_bank_folder(home) / "bank.json").read_text())
+    from hamu_pipeline.tasks.bank import champion_recipe
+    from hamu_pipeline.tasks.models import require_champion
+
+    recipe = champion_recipe(require_champion(NAME))
+    bank = load_bank(_bank_folder(home), manifest_digest=data.manifest_digest, recipe=recipe)
+    rows = np.asarray([data.positions[r] for r in erased])
+    assert not bank.membership[:, rows].any()
+    assert body["plan"]["seed"] == 3
+
+
+def test_the_trail_with_banks_verifies(home: Path) -> None:
+    """Bank training, refreshes and bank-judged batches are ledger records like any other: the trail, the
+    receipts, the versions and the aliases still verify."""
+    result = _hamu("audit", "verify")
+    assert result.exit_code == 0, result.output
+    steps = {r.step for r in _records(home)}
+    assert {"train-bank", "bank", "reference", "evaluate"} <= steps
