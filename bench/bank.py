@@ -226,6 +226,8 @@ def main() -> None:
                 "exact verdict": f"{exact.status} ({exact.evidence})",
                 "bank verdict": f"{bank.status} ({bank.evidence})",
                 "agree": (exact.status == "pass") == (bank.status == "pass"),
+                "exact not passing": ", ".join(g.name for g in exact.failing) or "-",
+                "bank not passing": ", ".join(g.name for g in bank.failing) or "-",
                 "loss gap": f"{gap['gap']:+.3f} [{gap['ci_low']:+.3f},{gap['ci_high']:+.3f}]",
                 "LiRA AUC": f"{lira['auc']:.3f} [{lira['auc_ci_low']:.3f},{lira['auc_ci_high']:.3f}]",
                 "det@1%": lira["detectable"]["fpr_0.01"],
