@@ -15,11 +15,24 @@ Why it is built this way:
   so KL and SCRUB are read on the same scale as the others. Runs go to T steps (HAMU stops at its first
   infeasible step); the readout is the retain cost at the first step where ΔL_f ≥ target, and accuracies
   and the loss-attack AUC are taken from that step's weights (or the last weights if never reached).
+* ``--controller`` also drives HAMU-Q to the same target with :func:`hamu.unlearn_to_target`, once per
+  (dataset, seed, setting, ρ), from the same original: target forget loss = the original's forget loss +
+  ``--target`` + the tolerance, tolerance 10% of the target (``CONTROLLER_TOL``; 0.05 at 0.5), so the band
+  is ΔL_f ∈ [target, 1.2·target] = [0.5, 0.6]: its lower edge is the fixed schedule's ΔL_f ≥ target, and
+  "reached" means the same for both. Same step budget T (rolled-back
+  steps count), first-chunk η = ``--lr``, c capped at ``--c``, full-batch g_r and g_f clipped to norm 1,
+  evaluation slices = the full retain and forget sets, ``check_every`` 10, no retain ceiling and no
+  update-norm bound (the retain cost is what is measured). ΔL_r and ΔL_f at the stop are measured with
+  the benchmark's own cross-entropy. An extra table compares it per setting with the fixed-schedule HAMU-Q
+  of the same run: its reached count and ΔL_r at the first crossing of the target, and the same at its
+  first entry into the band (ΔL_f ≥ target − tolerance, the controller's stopping rule); JSON key
+  ``controller``, and the HAMU-Q rows gain ``reached_band``/``t_band``/``dLr_at_band``.
 
 Usage:
   python bench/tradeoff.py --quick                    # digits, 3 seeds, ≤ 5 min on 2 cores
   python bench/tradeoff.py                            # full: fashion-mnist + tweets, 3 seeds, ≤ 60 min
   python bench/tradeoff.py --datasets fashion-mnist --seeds 0 --steps 150   # a slice
+  python bench/tradeoff.py --quick --controller --tag ctrl-   # plus HAMU-Q driven to the target
   python bench/tradeoff.py --verdicts-from bench/out/full-tradeoff.json   # re-derive verdicts only
   python bench/tradeoff.py --verdicts-from docs/results.md   # ... from the full tables printed there
 """
@@ -39,6 +52,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (
@@ -54,12 +68,15 @@ from common import (
     write_json,
 )
 
+from hamu import ForgetTarget, UnlearnConfig, unlearn_to_target
 from hamu.data import add_near_duplicates, split_rho
 from hamu.train import Recipe, sized_train_test, train_model
 
 METHODS = ("hamu-q", "hamu-u", "ft", "ga", "gdiff", "kl", "scrub", "neggrad+")
 RHOS = (0.0, 0.25, 0.5, 0.75, 1.0)
 Range = tuple[float, float]  # (min, max) of one method's per-seed retain costs
+#: The controller's band half-width, as a fraction of ``--target`` (± 0.05 at the default 0.5).
+CONTROLLER_TOL = 0.1
 
 
 @dataclass(frozen=True)
@@ -219,6 +236,15 @@ def run_setting(
             "acc_test": acc_t,
             "seconds": seconds,
         }
+        if method == "hamu-q" and getattr(args, "controller", False):
+            # The same run read where it first enters the controller's band (ΔL_f ≥ target − tolerance),
+            # so the comparison with the controller can also be made at the controller's stopping rule.
+            t_band = first_crossing(traj.forget, args.target)
+            row.update(
+                reached_band=t_band is not None,
+                t_band=t_band if t_band is not None else -1,
+                dLr_at_band=(traj.retain[t_band] - traj.retain[0]) if t_band is not None else float("nan"),
+            )
         if ref_auc is not None:
             auc = loss_auc_ci(loss_f, loss_t)[0]
             row.update(
@@ -237,11 +263,83 @@ def run_setting(
     return rows, trajectories
 
 
+def run_controller(
+    setup: DataSetup,
+    split: Any,
+    original: Any,
+    args: argparse.Namespace,
+    *,
+    seed: int,
+    setting: str,
+    rho: float,
+) -> dict[str, Any]:
+    """HAMU-Q driven by :func:`hamu.unlearn_to_target` into ΔL_f ∈ [target, target·(1 + 2·CONTROLLER_TOL)],
+    from the same original, with the fixed-schedule run's budget, first η, c (as the cap), full batches and
+    gradient clipping; one row with the stop, the steps and the retain and forget changes at the stop."""
+    feat = original.featurizer
+    xr, yr = split.tensors("retain", feat)
+    xf, yf = split.tensors("forget", feat)
+    model = copy.deepcopy(original.model)
+    r0, f0 = mean_loss(model, xr, yr), mean_loss(model, xf, yf)
+    tol = CONTROLLER_TOL * args.target
+    target = ForgetTarget(loss=f0 + args.target + tol, tolerance=tol)  # the band starts at the target
+    steps = args.steps or setup.steps
+    cfg = UnlearnConfig(
+        method="hamu-q",
+        lr=args.lr,
+        max_steps=steps,
+        max_grad_norm=1.0,
+        seed=seed,
+        device="cpu",
+        method_options={"constraint_ratio": args.c},
+    )
+    t0 = time.perf_counter()
+    result = unlearn_to_target(
+        model,
+        F.cross_entropy,
+        [(xr, yr)],
+        [(xf, yf)],
+        cfg,
+        target,
+        eval_forget=[(xf, yf)],
+        eval_retain=[(xr, yr)],
+    )
+    seconds = time.perf_counter() - t0
+    r1, f1 = mean_loss(model, xr, yr), mean_loss(model, xf, yf)
+    decisions = result.decisions
+    return {
+        "dataset": setup.name,
+        "setting": setting,
+        "rho": rho,
+        "seed": seed,
+        "reached": result.reached,
+        "stop_reason": result.stop_reason,
+        "steps_taken": result.steps_taken,
+        "steps_applied": result.steps_applied,
+        "budget": steps,
+        "chunks": len(decisions),
+        "rolled_back": sum(d.get("action") == "rolled-back" for d in decisions),
+        "final_method": decisions[-1]["method"] if decisions else "hamu-q",
+        "lr_max": max((float(d["lr"]) for d in decisions), default=args.lr),
+        "target_loss": target.loss,
+        "tolerance": tol,
+        "dLf_stop": f1 - f0,
+        "dLr_stop": r1 - r0,
+        "ctrl_forget_loss": (result.initial_forget_loss, result.final_forget_loss),
+        "ctrl_retain_loss": (result.initial_retain_loss, result.final_retain_loss),
+        "seconds": seconds,
+    }
+
+
 def train(setup: DataSetup, data: Any, seed: int) -> Any:
     return train_model(data, setup.recipe.with_options(seed=seed), progress=False)
 
 
-def run_dataset(setup: DataSetup, args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def run_dataset(
+    setup: DataSetup, args: argparse.Namespace, ctrl_rows: list[dict[str, Any]] | None = None
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Every (seed, setting, ρ) of one dataset; with ``ctrl_rows`` given, the controller's run of each
+    setting is appended to it (:func:`run_controller`)."""
     train_set, test_set = load(setup)
     rows: list[dict[str, Any]] = []
     plots: dict[str, Any] = {}
@@ -291,6 +389,18 @@ def run_dataset(setup: DataSetup, args: argparse.Namespace) -> tuple[list[dict[s
                 f"({time.perf_counter() - t1:.1f}s)",
                 flush=True,
             )
+            if ctrl_rows is not None:
+                cr = run_controller(setup, split, orig, args, seed=seed, setting=setting, rho=rho)
+                ctrl_rows.append(cr)
+                with (OUT / f"{args.tag}tradeoff-controller-partial.jsonl").open("a") as fh:
+                    fh.write(json.dumps(cr, default=float) + "\n")
+                print(
+                    f"  {'':<8} {'':<6} controller: {cr['stop_reason']} after {cr['steps_taken']} steps "
+                    f"({cr['rolled_back']} of {cr['chunks']} chunks rolled back, ended as "
+                    f"{cr['final_method']}), ΔL_f={cr['dLf_stop']:+.4f} ΔL_r={cr['dLr_stop']:+.4f} "
+                    f"({cr['seconds']:.1f}s)",
+                    flush=True,
+                )
     return rows, plots
 
 
@@ -450,6 +560,59 @@ def summarise(rows: list[dict[str, Any]], args: argparse.Namespace) -> tuple[str
             + ", ".join(f"{rho:g}:{k:+.4f}" for rho, k in zip(rhos, kbar, strict=True))
         )
     return text + "\n\n" + vtab + "\n\n" + "\n".join(ptxt), verdicts
+
+
+def counts(values: list[str]) -> str:
+    """``["target", "max_steps", "target"]`` → ``"target 2, max_steps 1"`` (most frequent first)."""
+    tally: dict[str, int] = {}
+    for v in values:
+        tally[v] = tally.get(v, 0) + 1
+    return ", ".join(f"{k} {n}" for k, n in sorted(tally.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def int_spread(values: list[int]) -> str:
+    """Median [min, max] of step counts (``—`` when empty)."""
+    if not values:
+        return "—"
+    med = f"{statistics.median(values):g}"
+    return med if len(values) == 1 else f"{med} [{min(values)}, {max(values)}]"
+
+
+def controller_summary(
+    ctrl_rows: list[dict[str, Any]], rows: list[dict[str, Any]]
+) -> tuple[str, list[dict[str, Any]]]:
+    """Per (dataset, setting, ρ): the controller's reached count, steps taken, ΔL_f and ΔL_r at the stop
+    (ΔL_r over the seeds that reached the band), its stop reasons and the variant it ended as, next to the
+    fixed-schedule HAMU-Q of the same run: reached count, first-crossing step t*, ΔL_r at t*, and the same
+    read where that run first enters the controller's band (ΔL_f ≥ target − tolerance, the controller's
+    own stopping point), since the controller stops at the band's first chunk inside it."""
+    out: list[dict[str, Any]] = []
+    keys = sorted({(r["dataset"], r["setting"], r["rho"]) for r in ctrl_rows})
+    for ds, setting, rho in keys:
+        crows = [r for r in ctrl_rows if (r["dataset"], r["setting"], r["rho"]) == (ds, setting, rho)]
+        fixed = [r for r in hamu_rows(rows, ds, setting) if r["rho"] == rho]
+        reached = [r for r in crows if r["reached"]]
+        fixed_reached = [r for r in fixed if r["reached"]]
+        in_band = [r for r in fixed if r.get("reached_band")]
+        out.append(
+            {
+                "dataset": ds,
+                "setting": setting,
+                "rho": f"{rho:g}",
+                "ctrl reached": f"{len(reached)}/{len(crows)}",
+                "ctrl steps med [min,max]": int_spread([r["steps_taken"] for r in crows]),
+                "ctrl ΔL_f@stop": spread([r["dLf_stop"] for r in crows]),
+                "ctrl ΔL_r@stop (reached)": spread([r["dLr_stop"] for r in reached]),
+                "ctrl stops": counts([r["stop_reason"] for r in crows]),
+                "ended as": counts([r["final_method"] for r in crows]),
+                "fixed reached": f"{len(fixed_reached)}/{len(fixed)}" if fixed else "—",
+                "fixed t* med": int_spread([r["t_target"] for r in fixed_reached]),
+                "fixed ΔL_r@target": spread([r["dLr_at_target"] for r in fixed_reached]),
+                "fixed in band": f"{len(in_band)}/{len(fixed)}" if fixed else "—",
+                "fixed ΔL_r@band entry": spread([r["dLr_at_band"] for r in in_band]),
+            }
+        )
+    return table(out, list(out[0].keys()) if out else []), out
 
 
 def parse_spread(cell: str) -> tuple[float, float, float] | None:
@@ -630,6 +793,12 @@ def main() -> None:
         help="only recompute the verdicts from a stored <tag>tradeoff.json or a Markdown file with the "
         "printed full tables (docs/results.md), and list the ones that change; runs nothing",
     )
+    parser.add_argument(
+        "--controller",
+        action="store_true",
+        help="also drive HAMU-Q to the target with hamu.unlearn_to_target (band ± 10%% of --target) and "
+        "print its reached counts and retain cost next to the fixed schedule's",
+    )
     args = parser.parse_args()
     if args.verdicts_from:
         print(rederive_verdicts(args.verdicts_from))
@@ -655,13 +824,17 @@ def main() -> None:
     (OUT / f"{args.tag}tradeoff-partial.jsonl").unlink(missing_ok=True)
     rows: list[dict[str, Any]] = []
     plots: dict[str, Any] = {}
+    ctrl_rows: list[dict[str, Any]] | None = None
+    if args.controller:
+        ctrl_rows = []
+        (OUT / f"{args.tag}tradeoff-controller-partial.jsonl").unlink(missing_ok=True)
     for name in args.datasets.split(","):
         setup = SETUPS[name]
         if args.train_size:
             setup = replace(setup, train_size=args.train_size)
         if args.test_size:
             setup = replace(setup, test_size=args.test_size)
-        got, pl = run_dataset(setup, args)
+        got, pl = run_dataset(setup, args, ctrl_rows)
         rows += got
         plots.update(pl)
     elapsed = time.perf_counter() - start
@@ -674,17 +847,38 @@ def main() -> None:
     text, verdicts = summarise(rows, args)
     paths = plot(plots, args.target, args.tag)
     paths.append(plot_kappa(rows, OUT / f"{args.tag}kappa-vs-rho.png"))
-    write_json(
-        f"{args.tag}tradeoff.json",
-        {
-            "machine": machine(),
-            "args": {k: v for k, v in vars(args).items()},
-            "elapsed_s": elapsed,
-            "verdicts": verdicts,
-            "rows": rows,
-        },
-    )
+    payload: dict[str, Any] = {
+        "machine": machine(),
+        "args": {k: v for k, v in vars(args).items()},
+        "elapsed_s": elapsed,
+        "verdicts": verdicts,
+        "rows": rows,
+    }
+    ctrl_text = ""
+    if ctrl_rows is not None:
+        ctrl_table, ctrl_summary = controller_summary(ctrl_rows, rows)
+        tol = CONTROLLER_TOL * args.target
+        ctrl_seconds = sum(r["seconds"] for r in ctrl_rows)
+        ctrl_text = (
+            f"HAMU-Q driven by hamu.unlearn_to_target into ΔL_f ∈ "
+            f"[{args.target:g}, {args.target + 2 * tol:g}] "
+            f"(same T, first η = {args.lr}, c ≤ {args.c}, full batch, no retain ceiling), "
+            f"{len(ctrl_rows)} runs in {ctrl_seconds:.0f}s; "
+            f"'fixed' = the fixed-schedule HAMU-Q above (first step with ΔL_f ≥ {args.target:g}):\n\n"
+            + ctrl_table
+        )
+        payload["controller"] = {
+            "target_dLf": args.target,
+            "tolerance": tol,
+            "band_dLf": [args.target - tol, args.target + tol],
+            "seconds": ctrl_seconds,
+            "summary": ctrl_summary,
+            "rows": ctrl_rows,
+        }
+    write_json(f"{args.tag}tradeoff.json", payload)
     print("\n" + text)
+    if ctrl_text:
+        print("\n" + ctrl_text)
     print(f"\nplots: {', '.join(str(p) for p in paths)}")
     print(f"elapsed {elapsed:.0f}s")
 

@@ -212,3 +212,39 @@ def test_the_trail_with_banks_verifies(home: Path) -> None:
     assert result.exit_code == 0, result.output
     steps = {r.step for r in _records(home)}
     assert {"train-bank", "bank", "reference", "evaluate"} <= steps
+
+
+def test_rows_short_of_out_members_refresh_the_affected_members(home: Path) -> None:
+    """A row needs ``bank_min_out`` members that never saw it; with 4 members each row has 2, so asking for
+    3 retrains, for each forget row, a member that saw it, and the bank record and the report say so."""
+    from hamu_pipeline.tasks.models import load_preset_data
+
+    ids = load_preset_data(PRESET).manifest_ids[140:160]
+    _submit(home, ids, "short")
+    summary = _batch(reference_mode="bank", bank_min_out=3, method="gdiff", max_steps=10, to_target=False)
+    records = [r for r in _records(home) if r.batch_id == summary["batch_id"]]
+    bank_record = next(r for r in records if r.step == "bank")
+    assert bank_record.decision == "refreshed"
+    assert "fewer than 3 members" in bank_record.reason
+    refreshed = bank_record.params["refreshed"]
+    assert refreshed["rows_dropped"] == len(ids) and refreshed["members"]
+    body = json.loads((_bank_folder(home) / "bank.json").read_text())
+    assert body["refreshed"][-1]["members"] == refreshed["members"]
+    assert _hamu("bank", "show", "--preset", PRESET).exit_code == 0  # the ledger vouches for the new bank
+
+
+def test_auto_audits_the_bank_with_the_exact_reference_every_nth_batch(home: Path) -> None:
+    """Under auto, a batch is judged by the bank alone at most ``bank_audit_every − 1`` times in a row: then
+    the exact reference is trained too (``both``), as it is whenever the bank alone cannot decide."""
+    from hamu_pipeline.tasks.models import load_preset_data
+
+    decisions: list[str] = []
+    for n, start in enumerate((160, 170)):
+        _submit(home, load_preset_data(PRESET).manifest_ids[start : start + 10], f"auto-{n}")
+        summary = _batch(bank_audit_every=2, method="gdiff", max_steps=10, to_target=False)
+        decisions += [
+            r.decision for r in _records(home) if r.batch_id == summary["batch_id"] and r.step == "reference"
+        ]
+    assert "both" in decisions, decisions
+    runs = "".join("b" if d == "bank" else "." for d in decisions).split(".")
+    assert max(len(r) for r in runs) <= 1, decisions  # never two bank-only batches in a row

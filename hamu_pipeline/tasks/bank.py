@@ -122,7 +122,10 @@ def record_bank(paths: StatePaths, data: PresetData, champion: ServedModel, bank
     hasher = KeyedHasher(key)
     ids = np.asarray(data.manifest_ids)
     body = read_bank_file(bank.folder)
-    with mlflow.start_run(run_name=f"train-bank-{champion.name}") as run:
+    # nested when a batch refreshes the bank inside its own run
+    with mlflow.start_run(
+        run_name=f"train-bank-{champion.name}", nested=mlflow.active_run() is not None
+    ) as run:
         mlflow.set_tags({"hamu.kind": "reference-bank", "bank_id": bank.plan.bank_id, "model": champion.name})
         mlflow.log_params(
             {
