@@ -262,6 +262,35 @@ def forget_loss_target(
     return mean_r, band / 2, band
 
 
+def forget_accuracy_target(
+    original_correct: Sequence[float],
+    reference_correct: Sequence[float],
+    *,
+    policy: GatePolicy | None = None,
+    level: float = 0.95,
+) -> tuple[float, float, float]:
+    """The forget accuracy an unlearned model should land near: ``(target, tolerance, band)``.
+
+    The reference's mean correctness on the forget rows (0/1 per row for a retrain; a per-row expected
+    value from a reference bank), half the ``forget-accuracy`` gate's band (the same rule as
+    :func:`forget_loss_target`, with the binomial noise of the reference's mean), and that band. Why a
+    second target: a run can reach the reference's mean forget *loss* by raising a few rows' losses a lot
+    while most forget rows stay correctly classified; the gates then still tell it from the reference.
+    """
+    pol = policy or GatePolicy()
+    orig = [float(v) for v in original_correct]
+    ref = [float(v) for v in reference_correct]
+    if not orig or len(orig) != len(ref):
+        raise ValueError(f"need equally many (>0) per-row values, got {len(orig)} and {len(ref)}")
+    if not all(math.isfinite(v) for v in (*orig, *ref)):
+        raise ValueError("per-row correctness values must be finite")
+    n = len(ref)
+    mean_o, mean_r = sum(orig) / n, min(max(sum(ref) / n, 0.0), 1.0)
+    z = NormalDist().inv_cdf(0.5 + level / 2)
+    band = pol.band("accuracy", mean_o - mean_r, z * math.sqrt(mean_r * (1 - mean_r) / n))
+    return mean_r, band / 2, band
+
+
 # -- gates ---------------------------------------------------------------------------------------------
 
 

@@ -136,6 +136,7 @@ class TestStatistics:
     test_digest: str
     phi: np.ndarray
     loss: np.ndarray
+    correct: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -273,23 +274,26 @@ def _load_test_statistics(
     path = folder / entry["file"]
     _verify(path, entry["sha256"])
     with np.load(path) as arrays:
-        phi, loss = arrays["phi"], arrays["loss"]
-    if phi.shape != loss.shape or phi.shape[0] != n_models:
+        phi, loss, correct = arrays["phi"], arrays["loss"], arrays["correct"]
+    if not phi.shape == loss.shape == correct.shape or phi.shape[0] != n_models:
         raise BankIntegrityError(f"the bank's {path} does not hold one row of statistics per member")
-    return TestStatistics(str(entry["test_digest"]), phi, loss)
+    return TestStatistics(str(entry["test_digest"]), phi, loss, correct)
 
 
 def attach_test_statistics(bank: Bank, stats: TestStatistics) -> Bank:
     """Keep the members' test-row statistics with the bank, listed in ``bank.json`` by SHA-256 (each file
     written beside its final name, then renamed into place)."""
-    if stats.phi.shape != stats.loss.shape or stats.phi.shape[0] != bank.plan.n_models:
+    if (
+        not stats.phi.shape == stats.loss.shape == stats.correct.shape
+        or stats.phi.shape[0] != bank.plan.n_models
+    ):
         raise BankError(
             f"test statistics need one row per member ({bank.plan.n_models}), got {stats.phi.shape}"
         )
     path = bank.folder / TEST_STATISTICS_FILE
     staged = path.with_name(path.name + ".tmp")
     with open(staged, "wb") as fh:
-        np.savez(fh, phi=stats.phi, loss=stats.loss)
+        np.savez(fh, phi=stats.phi, loss=stats.loss, correct=stats.correct)
     os.replace(staged, path)
     body = read_bank_file(bank.folder)
     body["test_statistics"] = {"file": path.name, "sha256": _sha256(path), "test_digest": stats.test_digest}

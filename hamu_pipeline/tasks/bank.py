@@ -90,7 +90,8 @@ def ensure_test_statistics(bank: Bank, test: Any) -> tuple[Bank, bool]:
         return bank, False
     stats = [member_statistics(m, test, f"bank-member-{k}") for k, m in enumerate(bank.members)]
     phi, loss = np.stack([s.phi for s in stats]), np.stack([s.loss for s in stats])
-    return attach_test_statistics(bank, TestStatistics(digest, phi, loss)), True
+    correct = np.stack([s.correct for s in stats])
+    return attach_test_statistics(bank, TestStatistics(digest, phi, loss, correct)), True
 
 
 @task(name="train-bank-member", cache_policy=NO_CACHE)
@@ -188,6 +189,7 @@ class BankView:
     phi: dict[str, np.ndarray]
     loss: dict[str, np.ndarray]
     out: dict[str, np.ndarray]
+    correct: dict[str, np.ndarray]
 
     def calibrated(self, target_loss: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """A model's calibrated losses on the groups it was evaluated on (its loss minus the mean loss of the
@@ -218,16 +220,18 @@ def bank_view(bank: Bank, groups: dict[str, tuple[Any, np.ndarray | None]]) -> B
     phi: dict[str, np.ndarray] = {}
     loss: dict[str, np.ndarray] = {}
     out: dict[str, np.ndarray] = {}
+    correct: dict[str, np.ndarray] = {}
     kept = bank.test_statistics
     for name, (rows, positions) in groups.items():
         if positions is None and kept is not None and kept.test_digest == manifest_digest(manifest(rows)):
-            phi[name], loss[name] = kept.phi, kept.loss
+            phi[name], loss[name], correct[name] = kept.phi, kept.loss, kept.correct
         else:
             stats = [member_statistics(m, rows, f"bank-member-{k}") for k, m in enumerate(bank.members)]
             phi[name] = np.stack([s.phi for s in stats])
             loss[name] = np.stack([s.loss for s in stats])
+            correct[name] = np.stack([s.correct for s in stats])
         out[name] = np.ones_like(phi[name], dtype=bool) if positions is None else bank.out_mask[:, positions]
-    return BankView(phi, loss, out)
+    return BankView(phi, loss, out, correct)
 
 
 __all__ = [

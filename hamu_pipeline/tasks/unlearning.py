@@ -24,7 +24,7 @@ from hamu import StepRecord, UnlearnResult, unlearn
 from hamu.controller import ForgetTarget, TargetResult, mean_loss, unlearn_to_target
 from hamu.evaluation import compute_per_example
 from hamu.evaluation.bank import expected_forget_loss
-from hamu.governance.verdict import GatePolicy, forget_loss_target
+from hamu.governance.verdict import GatePolicy, forget_accuracy_target, forget_loss_target
 from hamu_pipeline.tasks.bank import BankView
 from hamu_pipeline.tasks.config import BatchConfig
 from hamu_pipeline.tasks.loaders import batches
@@ -84,6 +84,56 @@ def forget_target(
     ref = compute_per_example(reference_model, (reference_inputs, forget[1])).loss
     loss, tolerance, _ = forget_loss_target(orig.tolist(), ref.tolist(), policy=policy)
     return ForgetTarget(loss=loss, tolerance=tolerance, check_every=check_every)
+
+
+@dataclasses.dataclass(frozen=True)
+class AccuracyTarget:
+    """The forget accuracy the candidate must land within (checked once the loss target is reached)."""
+
+    accuracy: float
+    tolerance: float
+
+    def contains(self, value: float) -> bool:
+        return abs(value - self.accuracy) <= self.tolerance
+
+
+def exact_accuracy_target(
+    champion: ServedModel,
+    reference_model: torch.nn.Module,
+    forget: tuple[Any, Any],
+    reference_inputs: Any,
+    policy: GatePolicy,
+) -> AccuracyTarget:
+    """The exact reference's forget accuracy, within half the ``forget-accuracy`` gate's band."""
+    orig = compute_per_example(champion.model, forget).correct
+    ref = compute_per_example(reference_model, (reference_inputs, forget[1])).correct
+    accuracy, tolerance, _ = forget_accuracy_target(orig.tolist(), ref.tolist(), policy=policy)
+    return AccuracyTarget(accuracy, tolerance)
+
+
+def bank_accuracy_target(
+    champion: ServedModel, forget: tuple[Any, Any], test: tuple[Any, Any], view: BankView, policy: GatePolicy
+) -> AccuracyTarget:
+    """The forget accuracy a model of the champion's strength would have without the forget rows: per row,
+    the members that never saw it, shifted by the champion-minus-members accuracy gap on the test rows."""
+    orig = compute_per_example(champion.model, forget).correct
+    served_test = compute_per_example(champion.model, test).correct
+    _, per_row = expected_forget_loss(
+        view.correct["forget"], view.out["forget"], view.correct["test"], served_test
+    )  # the same estimate, for correctness instead of loss
+    accuracy, tolerance, _ = forget_accuracy_target(orig.tolist(), per_row.tolist(), policy=policy)
+    return AccuracyTarget(accuracy, tolerance)
+
+
+def accuracy_check(model: torch.nn.Module, forget: tuple[Any, Any], target: AccuracyTarget) -> dict[str, Any]:
+    """The candidate's forget accuracy against the accuracy target, for the ledger and the fallback rule."""
+    accuracy = float(compute_per_example(model, forget).correct.mean())
+    return {
+        "forget_accuracy": accuracy,
+        "target_accuracy": target.accuracy,
+        "accuracy_tolerance": target.tolerance,
+        "accuracy_inside": target.contains(accuracy),
+    }
 
 
 def bank_forget_target(
@@ -179,9 +229,10 @@ def target_summary(result: UnlearnResult, target: ForgetTarget | None) -> dict[s
 def retrain_instead(target_params: dict[str, Any], steps_applied: int) -> str:
     """Why the batch's outcome must be the exact retrain after a target-driven run, or "" if it need not.
 
-    Two cases: the target was not reached within the step budget; or it was "reached" without a single step
+    Three cases: the target was not reached within the step budget; or it was "reached" without a single step
     (the original already sits inside the band), which leaves a candidate identical to the original, still
-    trained on the forget rows, that the verdict's integrity gates would fail anyway.
+    trained on the forget rows, that the verdict's integrity gates would fail anyway; or the mean forget loss
+    was reached with a forget accuracy outside its own target (when one was checked).
     """
     if not target_params:
         return ""
@@ -189,4 +240,11 @@ def retrain_instead(target_params: dict[str, Any], steps_applied: int) -> str:
         return f"exact retrain: the forget target was not reached ({target_params['why']})"
     if steps_applied == 0:
         return f"exact retrain: the original already sits inside the forget target ({target_params['why']})"
+    if target_params.get("accuracy_inside") is False:
+        return (
+            "exact retrain: the forget loss reached its target but the forget accuracy "
+            f"{target_params['forget_accuracy']:.4f} is outside {target_params['target_accuracy']:.4f} ± "
+            f"{target_params['accuracy_tolerance']:.4f} (the rows' distribution, not only their mean loss, "
+            f"must match the reference; {target_params['why']})"
+        )
     return ""

@@ -21,8 +21,12 @@ from hamu_pipeline.tasks.stages.hardness import Gated
 from hamu_pipeline.tasks.stages.reference import Reference
 from hamu_pipeline.tasks.stages.split import Prepared
 from hamu_pipeline.tasks.unlearning import (
+    AccuracyTarget,
+    accuracy_check,
+    bank_accuracy_target,
     bank_forget_target,
     encoded_for,
+    exact_accuracy_target,
     forget_target,
     retrain_instead,
     run_unlearning,
@@ -76,19 +80,23 @@ def exact_retrain(ctx: BatchContext, prepared: Prepared, reference: Reference) -
 
 def unlearning_target(
     ctx: BatchContext, prepared: Prepared, reference: Reference, banked: Banked
-) -> ForgetTarget | None:
-    """The forget loss to drive unlearning to: the exact reference's, else the bank's estimate."""
+) -> tuple[ForgetTarget, AccuracyTarget] | None:
+    """The forget loss to drive unlearning to, and the forget accuracy to land near: the exact reference's,
+    else the bank's estimates."""
     cfg, champion, forget = ctx.config, ctx.champion, prepared.forget
     if not cfg.to_target:
         return None
+    policy = cfg.verdict_policy()
     if reference.exact and reference.trained is not None:
         ref_inputs = encoded_for(reference.trained, champion.featurizer, prepared.split.forget, forget[0])
-        return forget_target(
-            champion, reference.model, forget, ref_inputs, cfg.verdict_policy(), cfg.check_every
+        return (
+            forget_target(champion, reference.model, forget, ref_inputs, policy, cfg.check_every),
+            exact_accuracy_target(champion, reference.model, forget, ref_inputs, policy),
         )
     if banked.view is not None:
-        return bank_forget_target(
-            champion, forget, prepared.test, banked.view, cfg.verdict_policy(), cfg.check_every
+        return (
+            bank_forget_target(champion, forget, prepared.test, banked.view, policy, cfg.check_every),
+            bank_accuracy_target(champion, forget, prepared.test, banked.view, policy),
         )
     return None
 
@@ -103,13 +111,15 @@ def unlearn(
     planned = gated.action
     retrained: TrainedModel | None = None
     if planned == "unlearn":
-        target = unlearning_target(ctx, prepared, reference, banked)
+        targets = unlearning_target(ctx, prepared, reference, banked)
+        target = targets[0] if targets is not None else None
         result, seconds = run_unlearning(
             champion, prepared.retain, prepared.forget, cfg, ctx.audit.mlflow_run_id, target
         )
         target_params = target_summary(result, target)
-        if target is not None:
+        if targets is not None:
             target_params["target_source"] = "exact reference" if reference.exact else "reference bank"
+            target_params.update(accuracy_check(result.model, prepared.forget, targets[1]))
         fallback = retrain_instead(target_params, result.steps_applied)
         if fallback:
             retrained = exact_retrain(ctx, prepared, reference)
