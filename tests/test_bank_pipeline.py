@@ -248,3 +248,30 @@ def test_auto_audits_the_bank_with_the_exact_reference_every_nth_batch(home: Pat
     assert "both" in decisions, decisions
     runs = "".join("b" if d == "bank" else "." for d in decisions).split(".")
     assert max(len(r) for r in runs) <= 1, decisions  # never two bank-only batches in a row
+
+
+@pytest.mark.parametrize("retrain_on_fail", [False, True])
+def test_a_candidate_that_fails_its_gates_is_replaced_by_the_exact_retrain(
+    home: Path, retrain_on_fail: bool
+) -> None:
+    """Gradient ascent at a large step wrecks test accuracy: the verdict fails it. With ``retrain_on_fail``
+    (the default) the batch honours its requests with the exact retrain instead, judged again and saying
+    why; without it the failing candidate is registered, not promotable."""
+    from hamu_pipeline.tasks.models import load_preset_data
+
+    start = 200 if retrain_on_fail else 230
+    _submit(home, load_preset_data(PRESET).manifest_ids[start : start + 30], f"wreck-{retrain_on_fail}")
+    summary = _batch(
+        method="ga", lr=0.5, max_steps=20, to_target=False, retrain_on_fail=retrain_on_fail, exact=False
+    )
+    records = [r for r in _records(home) if r.batch_id == summary["batch_id"]]
+    first = next(r for r in records if r.step == "evaluate")
+    assert first.decision == "fail", first.reason
+    if retrain_on_fail:
+        assert summary["action"] == "retrain"
+        assert summary["reason"].startswith("exact retrain: the unlearned candidate failed its gates")
+        assert [r.decision for r in records if r.step == "unlearn"] == ["unlearn", "retrain"]
+        last = [r for r in records if r.step == "evaluate"][-1]
+        assert last.decision != "fail" and last.artifacts["evaluation"]["path"].endswith("evaluation-2.json")
+    else:
+        assert summary["action"] == "unlearn" and summary["verdict"] == "fail"

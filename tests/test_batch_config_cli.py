@@ -27,6 +27,7 @@ NON_DEFAULT: dict[str, Any] = {
     "max_grad_norm": 2.5,
     "to_target": False,
     "check_every": 3,
+    "retrain_on_fail": False,
     "max_update_norm": 0.5,
     "stop_on_degradation": True,
     "hardness_batches": 5,

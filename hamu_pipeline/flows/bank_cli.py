@@ -39,7 +39,8 @@ def bank_train(
     except (BankError, WorkloadError, NoChampionError) as exc:
         err.print(f"[red]bank refused[/red]: {exc}")
         raise typer.Exit(2) from None
-    ratio = f" ({result['retrains']}× the original's training time)" if result.get("retrains") else ""
+    recorded = result.get("champion_train_seconds")
+    ratio = f" (the champion's own training took {recorded} s when it was recorded)" if recorded else ""
     out.print(
         f"{result['model_name']}: bank {result['bank_id']} of {result['n_models']} members trained in "
         f"{result['train_seconds']} s{ratio}"

@@ -36,6 +36,7 @@ from hamu_pipeline.tasks.stages import (
     register,
     reject,
     report,
+    retrain_after_failure,
     split,
     unlearn,
     validate,
@@ -65,7 +66,12 @@ def deletion_batch(config: BatchConfig | None = None, batch_id: str | None = Non
                 evaluated = evaluate(ctx, prepared, ref, candidate, banked, shadow)
                 if evaluated.needs_exact:  # the bank could not decide: the exact reference does
                     ref = reference(ctx, prepared, gated, banked, audit=True)
-                    evaluated = evaluate(ctx, prepared, ref, candidate, banked, None, audit=True)
+                    evaluated = evaluate(ctx, prepared, ref, candidate, banked, None, attempt=1)
+                if ctx.config.retrain_on_fail and evaluated.fails(candidate):  # honour it with the retrain
+                    gated = retrain_after_failure(gated, evaluated.verdict.reason)
+                    ref = reference(ctx, prepared, gated, banked)
+                    candidate = unlearn(ctx, prepared, gated, ref, banked)
+                    evaluated = evaluate(ctx, prepared, ref, candidate, banked, None, attempt=2)
                 registered = register(ctx, validated, prepared, candidate, evaluated)
                 report(ctx, validated, gated, candidate, evaluated)
                 receipts(ctx, validated, candidate, evaluated, registered)

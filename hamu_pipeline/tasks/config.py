@@ -40,6 +40,12 @@ class BatchConfig(BaseModel):
         "when it is not reached within max_steps, the batch's outcome is the exact retrain",
     )
     check_every: int = Field(10, ge=1, description="steps between the target controller's evaluations")
+    retrain_on_fail: bool = Field(
+        True,
+        description="when the unlearned candidate fails its gates, the batch's outcome is the exact retrain "
+        "(trained, registered and judged in its place); off: the failing candidate is registered, not "
+        "promotable, and its requests carry over",
+    )
     max_update_norm: float | None = Field(None, gt=0, description="largest weight change per step")
     stop_on_degradation: bool = False
     hardness_batches: int = Field(3, ge=1, le=50)

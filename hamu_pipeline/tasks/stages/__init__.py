@@ -10,7 +10,7 @@ from hamu_pipeline.tasks.stages.bank import Banked, bank
 from hamu_pipeline.tasks.stages.base import BatchContext, Stage, stage
 from hamu_pipeline.tasks.stages.close import close, close_requests, receipts, reject, report
 from hamu_pipeline.tasks.stages.evaluate import DriftOutcome, Evaluated, drift_outcome, evaluate, judge
-from hamu_pipeline.tasks.stages.hardness import Gated, choose_path, hardness
+from hamu_pipeline.tasks.stages.hardness import Gated, choose_path, hardness, retrain_after_failure
 from hamu_pipeline.tasks.stages.intake import Claimed, Validated, claim, nothing_claimed, validate
 from hamu_pipeline.tasks.stages.reference import (
     Reference,
@@ -56,6 +56,7 @@ __all__ = [
     "register",
     "reject",
     "report",
+    "retrain_after_failure",
     "split",
     "stage",
     "trains_reference",

@@ -95,6 +95,10 @@ class Evaluated:
     bank_verdict: Verdict | None = None
     mode_reason: str = ""
 
+    def fails(self, candidate: Candidate) -> bool:
+        """An unlearned candidate the verdict refuses (not merely inconclusive)."""
+        return candidate.action == "unlearn" and self.verdict.status == "fail"
+
     @property
     def needs_exact(self) -> bool:
         v = self.verdict
@@ -165,12 +169,13 @@ def evaluate(
     candidate: Candidate,
     banked: Banked,
     shadow: Sequence[ReferenceStats] | None,
-    audit: bool = False,
+    attempt: int = 0,
 ) -> Evaluated:
     """Evaluate against the exact reference, the bank, or both; judge the candidate; advance the drift.
 
-    ``audit``: the second evaluation of a batch whose bank evidence could not decide; its files get their
-    own names, so the first evaluation's files (and the ledger record vouching for them) stay as they were.
+    ``attempt``: a later evaluation of the same batch (the bank could not decide, or the unlearned candidate
+    failed and the retrain took its place); its files get their own names, so earlier files (and the
+    ledger records vouching for them) stay as they were.
     """
     cfg = ctx.config
     exact = reference.trained if reference.trained is not None else candidate.retrained
@@ -202,7 +207,7 @@ def evaluate(
         raise MissingReferenceError(
             "neither an exact reference nor a reference bank to judge the candidate by"
         )
-    stem = "evaluation-audit" if audit else "evaluation"
+    stem = f"evaluation-{attempt}" if attempt else "evaluation"
     report_path = ctx.work / f"{stem}.json"
     if evaluation is not None:
         evaluation.report.write(report_path)

@@ -3,6 +3,7 @@ measured cost, the source lineage's drift budget; ``hamu.governance.decision``, 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +29,9 @@ class Gated:
 
     report: HardnessReport
     decision: Decision
+    #: Why the batch retrains after all, when its unlearned candidate failed the gates (see
+    #: :func:`retrain_after_failure`); empty otherwise.
+    fallback: str = ""
 
     @property
     def action(self) -> str:
@@ -80,6 +84,14 @@ def hardness(ctx: BatchContext, prepared: Prepared, banked: Banked) -> Gated:
         },
     )
     return Gated(report, decision)
+
+
+def retrain_after_failure(gated: Gated, verdict_reason: str) -> Gated:
+    """The same gate with the exact retrain as its action: the unlearned candidate failed its gates, and the
+    request is honoured by the model that never saw the rows."""
+    why = f"exact retrain: the unlearned candidate failed its gates ({verdict_reason})"[:2000]
+    decision = dataclasses.replace(gated.decision, action="retrain", reason=why)
+    return Gated(gated.report, decision, fallback=why)
 
 
 def _finite_number(value: Any) -> bool:

@@ -64,6 +64,7 @@ class Candidate:
             out["reason"] = self.stop
         if self.fallback:
             out["fallback"] = self.fallback
+            out["reason"] = self.fallback
         return out
 
 
@@ -129,14 +130,9 @@ def unlearn(
         steps, history, names = result.steps_applied, result.history, tuple(result.tensor_names)
     else:
         retrained = exact_retrain(ctx, prepared, reference)
-        action, model, stop, seconds, steps = (
-            "retrain",
-            retrained.model,
-            "retrained",
-            reference.train_seconds,
-            0,
-        )
-        target_params, fallback, history, names = {}, "", [], ()
+        stop = gated.fallback or "retrained"
+        action, model, seconds, steps = "retrain", retrained.model, reference.train_seconds, 0
+        target_params, fallback, history, names = {}, gated.fallback, [], ()
     mlflow.log_metrics({"unlearn_seconds": seconds, "steps_applied": float(steps)})
     candidate = Candidate(
         model=model,
