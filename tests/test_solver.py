@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 import torch
 
-from hamu.core.solver import BRANCH_LABELS, Branch, block_coefficients, solve_block
+from hamu.core.solver import BRANCH_LABELS, Branch, block_coefficients, solve_arrays, solve_block
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -391,6 +391,32 @@ def test_block_coefficients_batch_equals_single_blocks() -> None:
                 case.g_f
             )
             torch.testing.assert_close(upd, single.update, equal_nan=True)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_block_solution_is_the_same_in_numpy_and_torch(variant: str, dtype: type) -> None:
+    """The solver's scalar code runs on numpy arrays on the host and on tensors on an accelerator: both give
+    the same fields on random blocks of every branch, with zero gradients and zero radii mixed in."""
+    rng = np.random.default_rng(11)
+    n = 400
+    retain_sq = rng.exponential(size=n) * np.where(rng.random(n) < 0.1, 0.0, 1.0)
+    forget_sq = rng.exponential(size=n) * np.where(rng.random(n) < 0.1, 0.0, 1.0)
+    cos = rng.uniform(-1, 1, size=n) * np.where(rng.random(n) < 0.1, 1e-9, 1.0)
+    cos = np.where(rng.random(n) < 0.1, np.sign(cos), cos)  # exactly colinear blocks
+    kappa = cos * np.sqrt(retain_sq * forget_sq)
+    radius = rng.exponential(size=n) * np.where(rng.random(n) < 0.05, 0.0, 1.0)
+    constraint = rng.exponential(size=n) * np.where(rng.random(n) < 0.1, 0.0, 0.5)
+    arrays = [a.astype(dtype) for a in (retain_sq, forget_sq, kappa, radius, constraint)]
+    for policy in (False, True):
+        kwargs = dict(variant=variant, continue_on_infeasible=policy, perp_sq=None, colinear_eps=1e-5)
+        host = solve_arrays(np, *arrays, **kwargs)  # type: ignore[arg-type]
+        device = solve_arrays(torch, *(torch.from_numpy(a) for a in arrays), **kwargs)  # type: ignore[arg-type]
+        assert len(set(host[2].tolist())) >= 4  # most branches appear
+        for got, want in zip(host, device, strict=True):
+            got = torch.as_tensor(got)
+            assert got.dtype == want.dtype
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6, equal_nan=True)
 
 
 def test_branch_enum_labels() -> None:

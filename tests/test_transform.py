@@ -646,6 +646,90 @@ def test_transform_is_the_same_on_both_layout_strategies(variant: str, seed: int
     assert bool(outs[0].degradation) == bool(outs[1].degradation)
 
 
+SCALAR_FIELDS = (
+    "kappa",
+    "radius",
+    "constraint",
+    "kappa_global",
+    "kappa1_global",
+    "kappa2_global",
+    "predicted_retain_change",
+    "predicted_forget_change",
+    "stopping_margin",
+    "constraint_total",
+)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("mode", ["layerwise", "global"])
+@pytest.mark.parametrize("split", SPLITS)
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_host_scalars_equal_device_scalars(variant: str, split: str, mode: str, dtype: torch.dtype) -> None:
+    """The CPU path computes the per-block scalars with numpy, the accelerator path with torch (the
+    ``fused`` strategy keeps torch on the CPU too): every output agrees, field by field, in type and dtype,
+    including a block without a forget gradient and an infeasible one."""
+    rng = np.random.default_rng(hash((variant, split, mode)) % 2**32)
+    g_r, g_f = random_pair(rng)
+    sizes = [int(np.prod(s)) for s in SHAPES]
+    g_f[sum(sizes[:3]) : sum(sizes[:4])] = 0.0  # t3: no forget gradient
+    tensors = [torch.zeros(s, dtype=dtype) for s in SHAPES]
+    names = [f"t{i}" for i in range(len(SHAPES))]
+    cfg = HamuConfig(variant=variant, split=split, mode=mode, constraint_ratio=0.3, on_infeasible="continue")  # type: ignore[arg-type]
+    outs = [
+        HamuTransform(cfg)(
+            torch.from_numpy(g_r).to(dtype),
+            torch.from_numpy(g_f).to(dtype),
+            FlatLayout.for_tensors(names, tensors, strategy=strategy),
+            lr=LR,
+            scale=-1.0 / LR,
+        )
+        for strategy in ("fused", "views")
+    ]
+    device, host = outs
+    rtol = 1e-4 if dtype == torch.float32 else 1e-10
+    scale = float(device.update.abs().max())
+    assert host.update.dtype == dtype
+    torch.testing.assert_close(host.update, device.update, rtol=rtol, atol=rtol * scale)
+    for name in SCALAR_FIELDS:
+        got, want = getattr(host, name), getattr(device, name)
+        assert isinstance(got, torch.Tensor) and got.dtype == want.dtype and got.shape == want.shape, name
+        atol = rtol * float(want.abs().max())
+        torch.testing.assert_close(got, want, rtol=rtol, atol=atol, equal_nan=True, msg=name)
+    for name in ("branch_counts", "stop_infeasible", "degradation"):
+        assert torch.equal(getattr(host, name), getattr(device, name)), name
+    for field in dataclasses.fields(host.blocks):
+        got, want = getattr(host.blocks, field.name), getattr(device.blocks, field.name)
+        assert got.dtype == want.dtype, field.name
+        if got.dtype.is_floating_point:
+            # Sums such as forget_change = c_r·κ + c_f·‖g_f‖² cancel: compare at the field's own scale.
+            atol = rtol * float(torch.nan_to_num(want, nan=0.0, neginf=0.0).abs().max())
+            torch.testing.assert_close(got, want, rtol=rtol, atol=atol, equal_nan=True, msg=field.name)
+        else:
+            assert torch.equal(got, want), field.name
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_layout_views_with_mixed_dtypes_promote(seed: int) -> None:
+    """Mixed dtypes leave the numpy per-view path for torch's, which promotes (float32 values with float64
+    coefficients give a float64 result, never a coefficient rounded to float32)."""
+    rng = np.random.default_rng(200 + seed)
+    layout = make_layout(dtype=torch.float32)
+    x, y = (rng.normal(size=layout.numel).astype(np.float32) for _ in range(2))
+    a, b = (rng.normal(size=len(SHAPES)) * (1 + 1e-9) for _ in range(2))
+    got = layout.combine(torch.from_numpy(a), torch.from_numpy(x), torch.from_numpy(b), torch.from_numpy(y))
+    assert got.dtype == torch.float64
+    want = np.concatenate(
+        [ak * xs + bk * ys for ak, bk, xs, ys in zip(a, b, segments(x), segments(y), strict=True)]
+    )
+    assert np.allclose(got.numpy(), want, rtol=1e-12)
+    residual = layout.segment_residual_sq(torch.from_numpy(x), torch.from_numpy(a), torch.from_numpy(y))
+    assert residual.dtype == torch.float64
+    want_r = [
+        float((xs - k * ys) @ (xs - k * ys)) for k, xs, ys in zip(a, segments(x), segments(y), strict=True)
+    ]
+    assert np.allclose(residual.numpy(), want_r, rtol=1e-10)
+
+
 @pytest.mark.parametrize("strategy", ["fused", "views"])
 def test_layout_combine_and_transform_scale(strategy: str) -> None:
     rng = np.random.default_rng(7)

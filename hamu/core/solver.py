@@ -36,9 +36,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Literal
+from typing import Any, Literal
 
 import torch
+
+from hamu.core.arrays import clamp0, namespace, on_host, to_arrays, to_tensor
 
 Variant = Literal["hamu-q", "hamu-u"]
 VARIANTS: tuple[str, ...] = ("hamu-q", "hamu-u")
@@ -86,7 +88,8 @@ class BlockCoefficients:
     degradation_unavoidable: torch.Tensor
 
 
-def _colinear_rel_eps(dtype: torch.dtype) -> float:
+def colinear_rel_eps(dtype: torch.dtype) -> float:
+    """The colinear test's tolerance on ‖e_r⊥‖²/‖e_r‖² for scalars computed in ``dtype``."""
     # ‖g_r⊥‖² is computed as ‖g_r‖² − κ²/‖g_f‖², which loses ~eps·‖g_r‖² to cancellation.
     return 64.0 * torch.finfo(dtype).eps
 
@@ -120,17 +123,48 @@ def block_coefficients(
     """
     if variant not in VARIANTS:
         raise ValueError(f"unknown HAMU variant {variant!r}; accepted: {', '.join(VARIANTS)}")
+    inputs = (retain_sq, forget_sq, kappa, radius, constraint) + ((perp_sq,) if perp_sq is not None else ())
+    host = on_host(*inputs)
+    arrays = to_arrays(host, *inputs)
+    solved = solve_arrays(
+        namespace(host),
+        *arrays[:5],
+        variant=variant,
+        continue_on_infeasible=continue_on_infeasible,
+        perp_sq=arrays[5] if perp_sq is not None else None,
+        colinear_eps=colinear_rel_eps(kappa.dtype),
+    )
+    return BlockCoefficients(*(to_tensor(a) for a in solved))
+
+
+def solve_arrays(
+    xp: Any,
+    retain_sq: Any,
+    forget_sq: Any,
+    kappa: Any,
+    radius: Any,
+    constraint: Any,
+    *,
+    variant: Variant,
+    continue_on_infeasible: bool,
+    perp_sq: Any | None,
+    colinear_eps: float,
+) -> tuple[Any, ...]:
+    """:func:`block_coefficients` on the arrays of the namespace ``xp`` (see :mod:`hamu.core.arrays`).
+
+    Returns the :class:`BlockCoefficients` fields in order, with ``branch`` as a tensor of codes (int8).
+    """
     swapped = variant == "hamu-u"
     # Effective gradients: e_r plays g_r's role in the solved problem, e_f plays g_f's.
     er_sq, ef_sq = (forget_sq, retain_sq) if swapped else (retain_sq, forget_sq)
     R, B = radius, constraint
-    zero = torch.zeros_like(kappa)
+    zero, one = xp.zeros_like(kappa), xp.ones_like(kappa)
 
-    er_norm = er_sq.clamp_min(0).sqrt()
+    er_norm = xp.sqrt(clamp0(xp, er_sq))
     zero_f = ef_sq < ZERO_EPS
     zero_r = er_sq < ZERO_EPS
-    safe_ef_sq = torch.where(zero_f, torch.ones_like(ef_sq), ef_sq)
-    safe_er_norm = torch.where(zero_r, torch.ones_like(er_norm), er_norm)
+    safe_ef_sq = xp.where(zero_f, one, ef_sq)
+    safe_er_norm = xp.where(zero_r, one, er_norm)
 
     disc = R * R - B * B / safe_ef_sq
     b_trivial = B <= ZERO_EPS
@@ -141,42 +175,42 @@ def block_coefficients(
     # is feasible, so plain descent is optimal.
     direct = solvable & ~zero_r & ((kappa * R <= -B * er_norm) | zero_f)
     if perp_sq is None:
-        perp_sq = er_sq - kappa * kappa / safe_ef_sq  # cancellation-prone; see the docstring
-    perp_sq = perp_sq.clamp_min(0)
-    colinear = solvable & ~direct & (perp_sq <= _colinear_rel_eps(kappa.dtype) * er_sq)
+        perp_sq = er_sq - kappa * kappa / safe_ef_sq  # cancellation-prone; see block_coefficients
+    perp_sq = clamp0(xp, perp_sq)
+    colinear = solvable & ~direct & (perp_sq <= colinear_eps * er_sq)
     rectified = solvable & ~direct & ~colinear
 
     ascent = B / safe_ef_sq  # coefficient of e_f in a
-    scale = disc.clamp_min(0).sqrt() / torch.where(rectified, perp_sq, torch.ones_like(perp_sq)).sqrt()
+    scale = xp.sqrt(clamp0(xp, disc)) / xp.sqrt(xp.where(rectified, perp_sq, one))
     # δ = α·e_f + β·e_r in the effective gradients.
-    alpha = torch.where(rectified, ascent + scale * kappa / safe_ef_sq, zero)
-    alpha = torch.where(colinear, ascent, alpha)
-    beta = torch.where(rectified, -scale, zero)
-    beta = torch.where(direct, -R / safe_er_norm, beta)
+    alpha = xp.where(rectified, ascent + scale * kappa / safe_ef_sq, zero)
+    alpha = xp.where(colinear, ascent, alpha)
+    beta = xp.where(rectified, -scale, zero)
+    beta = xp.where(direct, -R / safe_er_norm, beta)
     # Zero-radius solvable blocks: R = 0 and B ≈ 0 leave only δ = 0.
     if continue_on_infeasible:
-        alpha = torch.where(infeasible, ascent, alpha)
-        update_valid = torch.ones_like(zero_f)
+        alpha = xp.where(infeasible, ascent, alpha)
+        update_valid = xp.ones_like(zero_f)
     else:
-        nan = torch.full_like(kappa, math.nan)
-        alpha = torch.where(infeasible | zero_forget, nan, alpha)
-        beta = torch.where(infeasible | zero_forget, nan, beta)
+        nan = xp.full_like(kappa, math.nan)
+        alpha = xp.where(infeasible | zero_forget, nan, alpha)
+        beta = xp.where(infeasible | zero_forget, nan, beta)
         update_valid = solvable
     cost = alpha * kappa + beta * er_sq
-    cost = torch.where(update_valid, cost, torch.full_like(cost, math.nan))
+    cost = xp.where(update_valid, cost, xp.full_like(cost, math.nan))
 
-    branch = torch.full_like(kappa, float(Branch.RECTIFIED), dtype=torch.int8)
+    branch = xp.full_like(kappa, float(Branch.RECTIFIED))
     for mask, code in (
         (direct, Branch.DIRECT),
         (colinear, Branch.COLINEAR),
         (infeasible, Branch.INFEASIBLE),
         (zero_forget, Branch.ZERO_FORGET),
     ):
-        branch = torch.where(mask, torch.full_like(branch, int(code)), branch)
+        branch = xp.where(mask, xp.full_like(branch, float(code)), branch)
 
-    safe_R = torch.where(R > 0, R, torch.ones_like(R))
-    kappa1 = torch.where(R > 0, -B * er_norm / safe_R, torch.full_like(R, -math.inf))
-    kappa2 = er_norm * (ef_sq - (B / safe_R) ** 2).clamp_min(0).sqrt()
+    safe_R = xp.where(R > 0, R, one)
+    kappa1 = xp.where(R > 0, -B * er_norm / safe_R, xp.full_like(R, -math.inf))
+    kappa2 = er_norm * xp.sqrt(clamp0(xp, ef_sq - (B / safe_R) ** 2))
     # The cost is exactly 0 at κ = κ2; allow rounding at the scale of the best achievable cost R‖e_r‖.
     tol = 1e-6 * R * er_norm
     unavoidable = infeasible | zero_forget | (solvable & (cost > tol))
@@ -185,16 +219,16 @@ def block_coefficients(
     coef_r, coef_f = (-alpha, -beta) if swapped else (beta, alpha)
     retain_change = coef_r * retain_sq + coef_f * kappa
     forget_change = coef_r * kappa + coef_f * forget_sq
-    return BlockCoefficients(
-        coef_retain=coef_r,
-        coef_forget=coef_f,
-        branch=branch,
-        cost=cost,
-        retain_change=retain_change,
-        forget_change=forget_change,
-        kappa1=kappa1,
-        kappa2=kappa2,
-        degradation_unavoidable=unavoidable,
+    return (
+        coef_r,
+        coef_f,
+        to_tensor(branch).to(torch.int8),
+        cost,
+        retain_change,
+        forget_change,
+        kappa1,
+        kappa2,
+        unavoidable,
     )
 
 

@@ -41,12 +41,21 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
+from hamu.core.arrays import clamp0, namespace, nan_to_zero, on_host, to_arrays, to_tensor
 from hamu.core.layout import FlatLayout
-from hamu.core.solver import VARIANTS, ZERO_EPS, BlockCoefficients, Branch, Variant, block_coefficients
+from hamu.core.solver import (
+    VARIANTS,
+    ZERO_EPS,
+    BlockCoefficients,
+    Branch,
+    Variant,
+    colinear_rel_eps,
+    solve_arrays,
+)
 
 Mode = Literal["layerwise", "global"]
 #: How the constraint budget B is shared among blocks (see :class:`HamuConfig`).
@@ -130,9 +139,9 @@ class TransformOutput:
     constraint_total: torch.Tensor
 
 
-def _safe_nonzero(sq: torch.Tensor) -> torch.Tensor:
+def _safe_nonzero(xp: Any, sq: Any) -> Any:
     """Replace squared norms the solver treats as zero by 1 (the solver ignores those blocks' ratios)."""
-    return torch.where(sq < ZERO_EPS, torch.ones_like(sq), sq)
+    return xp.where(sq < ZERO_EPS, xp.ones_like(sq), sq)
 
 
 def scalar_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -179,7 +188,11 @@ class HamuTransform:
         # Half-precision gradients are exact in float32: work there (no-op copies for float32/float64).
         work = scalar_dtype(out_dtype)
         retain, forget = retain.to(work), forget.to(work)
-        retain_sq, forget_sq, kappa = layout.segment_gram(retain, forget)
+        gram = layout.segment_gram(retain, forget)
+        # The per-block scalars: numpy on the host, torch on an accelerator (see hamu.core.arrays).
+        host = on_host(retain) and layout.scalars_on_host(retain)
+        xp = namespace(host)
+        retain_sq, forget_sq, kappa = to_arrays(host, *gram)
         B = cfg.total_constraint(lr)
         eff_sq = forget_sq if cfg.variant == "hamu-u" else retain_sq
         eff_total = eff_sq.sum()
@@ -190,37 +203,42 @@ class HamuTransform:
         eff_r, eff_f = (forget, retain) if cfg.variant == "hamu-u" else (retain, forget)
         eff_f_sq = retain_sq if cfg.variant == "hamu-u" else forget_sq
         if cfg.mode == "global":
-            block_r = retain_sq.sum().reshape(1)
-            block_f = forget_sq.sum().reshape(1)
-            block_k = kappa.sum().reshape(1)
-            R = self._radius(eff_total.reshape(1), eff_total, lr)
-            Bt = torch.full_like(R, B)
+            block_r = xp.reshape(retain_sq.sum(), (1,))
+            block_f = xp.reshape(forget_sq.sum(), (1,))
+            block_k = xp.reshape(kappa.sum(), (1,))
+            R = self._radius(xp, xp.reshape(eff_total, (1,)), eff_total, lr)
+            Bt = xp.full_like(R, B)
             B_total = Bt.sum()
-            ratio = block_k / _safe_nonzero(eff_f_sq.sum().reshape(1))
+            ratio = to_tensor(block_k / _safe_nonzero(xp, xp.reshape(eff_f_sq.sum(), (1,))))
             perp = eff_r - ratio * eff_f
-            perp_sq = (perp * perp).sum().reshape(1)
+            perp_sq = to_arrays(host, (perp * perp).sum().reshape(1))[0]
         else:
             block_r, block_f, block_k = retain_sq, forget_sq, kappa
-            R = self._radius(eff_sq, eff_total, lr)
-            Bt, B_total = self._split_constraint(B, retain_sq, forget_sq, kappa, eff_total)
-            perp_sq = layout.segment_residual_sq(eff_r, kappa / _safe_nonzero(eff_f_sq), eff_f)
+            R = self._radius(xp, eff_sq, eff_total, lr)
+            Bt, B_total = self._split_constraint(xp, B, retain_sq, forget_sq, kappa, eff_total)
+            ratio = to_tensor(kappa / _safe_nonzero(xp, eff_f_sq))
+            perp_sq = to_arrays(host, layout.segment_residual_sq(eff_r, ratio, eff_f))[0]
 
-        coefs = block_coefficients(
+        parts = solve_arrays(
+            xp,
             block_r,
             block_f,
             block_k,
-            radius=R,
-            constraint=Bt,
+            R,
+            Bt,
             variant=cfg.variant,
             continue_on_infeasible=cfg.on_infeasible == "continue",
             perp_sq=perp_sq,
+            colinear_eps=colinear_rel_eps(work),
         )
-        stop_infeasible = (~torch.isfinite(coefs.coef_retain)).any()
+        coef_retain, coef_forget, branch, cost, retain_change, forget_change = parts[:6]
+        solved = BlockCoefficients(*(to_tensor(p) for p in parts))
+        stop_infeasible = (~xp.isfinite(coef_retain)).any()
         # A stopped step must leave the model as it is: zero every coefficient (tiny tensors) rather than
         # masking the full-size update afterwards.
-        keep = (~stop_infeasible).to(coefs.coef_retain.dtype) * scale
-        coef_r = torch.nan_to_num(coefs.coef_retain, nan=0.0) * keep
-        coef_f = torch.nan_to_num(coefs.coef_forget, nan=0.0) * keep
+        zero = xp.zeros_like(coef_retain)
+        coef_r = to_tensor(xp.where(stop_infeasible, zero, nan_to_zero(xp, coef_retain) * scale))
+        coef_f = to_tensor(xp.where(stop_infeasible, zero, nan_to_zero(xp, coef_forget) * scale))
         if cfg.mode == "global":
             update = coef_r * retain + coef_f * forget
         else:
@@ -228,76 +246,79 @@ class HamuTransform:
         # The combination is formed in the scalar dtype (its two terms can nearly cancel), then rounded once.
         update = update.to(out_dtype)
 
-        total_cost = torch.nan_to_num(coefs.cost, nan=0.0).sum()
-        infeasible_any = (coefs.branch >= int(Branch.INFEASIBLE)).any()
+        total_cost = nan_to_zero(xp, cost).sum()
+        infeasible_any = (branch >= int(Branch.INFEASIBLE)).any()
         # Sign-correct rule: stop when even the best constrained step is predicted to raise the objective
         # (retain loss for HAMU-Q), or when no step can meet the constraint. Never fires for κ < 0.
-        degradation = infeasible_any | (total_cost > 0)
+        degradation = to_tensor(infeasible_any) | to_tensor(total_cost > 0)
         # Global hardness thresholds for the whole-model problem with the total radius and the total
         # constraint the blocks carry (B, or c·η·S under the unnormalised split).
-        total_R = R.square().sum().sqrt()
+        total_R = xp.sqrt((R * R).sum())
         k_all = kappa.sum()
-        eff_norm = eff_total.sqrt()
+        eff_norm = xp.sqrt(eff_total)
         other_sq = (retain_sq if cfg.variant == "hamu-u" else forget_sq).sum()
-        safe_R = torch.where(total_R > 0, total_R, torch.ones_like(total_R))
+        safe_R = xp.where(total_R > 0, total_R, xp.ones_like(total_R))
         kappa1 = -B_total * eff_norm / safe_R
-        kappa2 = eff_norm * (other_sq - (B_total / safe_R) ** 2).clamp_min(0).sqrt()
+        kappa2 = eff_norm * xp.sqrt(clamp0(xp, other_sq - (B_total / safe_R) ** 2))
         return TransformOutput(
             update=update,
-            blocks=coefs,
-            kappa=kappa,
-            radius=R,
-            constraint=Bt,
-            kappa_global=k_all,
-            kappa1_global=kappa1,
-            kappa2_global=kappa2,
-            predicted_retain_change=torch.nan_to_num(coefs.retain_change, nan=0.0).sum(),
-            predicted_forget_change=torch.nan_to_num(coefs.forget_change, nan=0.0).sum(),
-            stopping_margin=-total_cost,
-            branch_counts=count_branches(coefs.branch),
-            stop_infeasible=stop_infeasible,
+            blocks=solved,
+            kappa=to_tensor(kappa),
+            radius=to_tensor(R),
+            constraint=to_tensor(Bt),
+            kappa_global=to_tensor(k_all),
+            kappa1_global=to_tensor(kappa1),
+            kappa2_global=to_tensor(kappa2),
+            predicted_retain_change=to_tensor(nan_to_zero(xp, retain_change).sum()),
+            predicted_forget_change=to_tensor(nan_to_zero(xp, forget_change).sum()),
+            stopping_margin=to_tensor(-total_cost),
+            branch_counts=count_branches(branch),
+            stop_infeasible=to_tensor(stop_infeasible),
             degradation=degradation,
-            constraint_total=B_total,
+            constraint_total=to_tensor(B_total),
         )
 
-    def _radius(self, eff_sq: torch.Tensor, eff_total: torch.Tensor, lr: float) -> torch.Tensor:
+    def _radius(self, xp: Any, eff_sq: Any, eff_total: Any, lr: float) -> Any:
         if self.config.radius is None:
-            return lr * eff_sq.sqrt()
-        share = eff_sq / torch.where(eff_total > 0, eff_total, torch.ones_like(eff_total))
-        return self.config.radius * share.sqrt()
+            return lr * xp.sqrt(eff_sq)
+        share = eff_sq / xp.where(eff_total > 0, eff_total, xp.ones_like(eff_total))
+        return self.config.radius * xp.sqrt(share)
 
     def _split_constraint(
         self,
+        xp: Any,
         B: float,
-        retain_sq: torch.Tensor,
-        forget_sq: torch.Tensor,
-        kappa: torch.Tensor,
-        eff_total: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+        retain_sq: Any,
+        forget_sq: Any,
+        kappa: Any,
+        eff_total: Any,
+    ) -> tuple[Any, Any]:
         """Per-block shares B_t and their total (B, except under the unnormalised split)."""
         split = self.config.split
         # Blocks that can carry a share: both gradients nonzero by the solver's test. Any other block has
         # reach R_t‖e_f,t‖ = 0 and would be infeasible (zero_forget) for every B_t > 0.
         active = (retain_sq >= ZERO_EPS) & (forget_sq >= ZERO_EPS)
-        zero = torch.zeros_like(retain_sq)
-        weight = torch.where(active, retain_sq.sqrt() * forget_sq.sqrt(), zero)
+        zero, one = xp.zeros_like(retain_sq), xp.ones_like(retain_sq)
+        weight = xp.where(active, xp.sqrt(retain_sq) * xp.sqrt(forget_sq), zero)
         if split == UNNORMALISED_SPLIT:
             if self.config.radius is not None:
                 # c·R_t‖e_f,t‖ with c = B/R and R_t = R‖e_r,t‖/‖e_r‖: the radius cancels.
-                weight = weight / _safe_nonzero(eff_total).sqrt()
+                weight = weight / xp.sqrt(_safe_nonzero(xp, eff_total))
             shares = B * weight
             return shares, shares.sum()
-        n_active = active.sum()
+        n_active = xp.where(active, one, zero).sum()
         any_active = n_active > 0
-        total = torch.full_like(eff_total, B)
+        total = xp.full_like(eff_total, B)
         # No block can carry a share: split over all of them (so that B > 0 is reported infeasible).
-        fallback = torch.full_like(retain_sq, B / retain_sq.numel())
+        fallback = xp.full_like(retain_sq, B / len(retain_sq))
         if split == "equal":
-            share = active.to(retain_sq.dtype) / n_active.clamp_min(1).to(retain_sq.dtype)
+            share = xp.where(active, one, zero) / xp.where(any_active, n_active, xp.ones_like(n_active))
         elif split == "softmax":
-            logits = torch.where(active, -kappa, torch.full_like(kappa, -math.inf))
-            share = torch.softmax(torch.where(any_active, logits, -kappa), dim=0)
+            logits = xp.where(active, -kappa, xp.full_like(kappa, -math.inf))
+            logits = xp.where(any_active, logits, -kappa)
+            share = xp.exp(logits - logits.max())
+            share = share / share.sum()
         else:
             weight_sum = weight.sum()
-            share = weight / torch.where(weight_sum > 0, weight_sum, torch.ones_like(weight_sum))
-        return torch.where(any_active, B * share, fallback), total
+            share = weight / xp.where(weight_sum > 0, weight_sum, xp.ones_like(weight_sum))
+        return xp.where(any_active, B * share, fallback), total
