@@ -20,22 +20,19 @@ does not import, an attribute that is not a workload, data without record IDs or
 
 from __future__ import annotations
 
-import importlib
-import os
-import sys
 import tomllib
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from hamu.data.digest import record_ids
 from hamu.data.spec import spec_of
+from hamu.plugins import PROJECT_ENV as PROJECT_ENV
+from hamu.plugins import PluginImportError, import_target
+from hamu.plugins import project_file as _project_file
 from hamu.train.recipe import PRESETS, Recipe
 from hamu.train.trainer import preset_data
-
-PROJECT_ENV = "HAMU_PROJECT"
 
 
 class WorkloadError(ValueError):
@@ -88,17 +85,10 @@ def preset_workload(name: str) -> Workload:
 
 def project_file(start: Path | None = None) -> Path | None:
     """The project file that names this project's workloads, if there is one."""
-    env = os.environ.get(PROJECT_ENV)
-    if env:
-        path = Path(env)
-        if not path.is_file():
-            raise WorkloadError(f"{PROJECT_ENV}={env} is not a file")
-        return path
-    folder = start or Path.cwd()
-    for name in ("hamu.toml", "pyproject.toml"):
-        if (folder / name).is_file():
-            return folder / name
-    return None
+    try:
+        return _project_file(start)
+    except PluginImportError as exc:
+        raise WorkloadError(str(exc)) from exc
 
 
 def project_workloads(path: Path | None = None) -> dict[str, str]:
@@ -138,15 +128,10 @@ def get_workload(name: str) -> Workload:
 
 
 def _import_workload(name: str, target: str, folder: Path) -> Workload:
-    module_name, _, attribute = target.partition(":")
-    if not module_name or not attribute:
-        raise WorkloadError(f"workload {name!r}: {target!r} is not 'module:attribute'")
-    with _importable(folder):
-        try:
-            module = importlib.import_module(module_name)
-        except Exception as exc:
-            raise WorkloadError(f"workload {name!r}: cannot import {module_name!r}: {exc}") from exc
-    found = getattr(module, attribute, None)
+    try:
+        found = import_target(target, folder=folder)
+    except PluginImportError as exc:
+        raise WorkloadError(f"workload {name!r}: {exc}") from exc
     if callable(found) and not isinstance(found, Workload):
         try:
             found = found()
@@ -157,17 +142,3 @@ def _import_workload(name: str, target: str, folder: Path) -> Workload:
     if found.name != name:
         raise WorkloadError(f"workload {name!r}: {target} calls itself {found.name!r}")
     return found
-
-
-@contextmanager
-def _importable(folder: Path) -> Iterator[None]:
-    """The project folder on ``sys.path`` while its workload module imports."""
-    entry = str(folder.resolve())
-    added = entry not in sys.path
-    if added:
-        sys.path.insert(0, entry)
-    try:
-        yield
-    finally:
-        if added:
-            sys.path.remove(entry)

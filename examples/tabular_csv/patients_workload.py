@@ -2,8 +2,9 @@
 
 ``patients.csv`` holds one row per patient: ``record_id`` (what a deletion request names), 30 numeric
 measurements, and ``diagnosis``. Every fourth row is held out as the test set (non-members), the rest is
-the training manifest that deletion requests are validated against. The model is hamu's MLP, trained with
-the recipe below for the original, every exact retrain and every reference.
+the training manifest that deletion requests are validated against. The model is hamu's MLP; it is trained
+by this project's own loop, :func:`train` (class-balanced cross-entropy, AdamW), which the recipe names by
+import path so that the original, every exact retrain and every bank member are trained the same way.
 
 Data: the Breast Cancer Wisconsin (Diagnostic) data set (UCI Machine Learning Repository, CC BY 4.0), as
 shipped with scikit-learn; the record IDs are this example's.
@@ -16,6 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
 
 from hamu.data import tabular_dataset
 from hamu.train import Recipe
@@ -43,6 +47,25 @@ def load() -> tuple[Any, Any]:
     return table.select(train), table.select(test)
 
 
+def train(
+    model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, *, seed: int, recipe: Recipe
+) -> None:
+    """This project's training loop: class-balanced cross-entropy (the diagnoses are not balanced), AdamW,
+    the recipe's epochs, batch size and learning rate, batches in an order drawn from ``seed``."""
+    counts = torch.bincount(targets, minlength=len(CLASSES)).clamp_min(1).float()
+    weights = counts.sum() / (len(CLASSES) * counts)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=1e-4)
+    order = torch.Generator().manual_seed(seed)
+    device = next(model.parameters()).device
+    for _ in range(recipe.epochs):
+        for idx in torch.randperm(len(targets), generator=order).split(recipe.batch_size):
+            x, y = inputs[idx].to(device), targets[idx].to(device)
+            loss = F.cross_entropy(model(x), y, weight=weights.to(device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+
 WORKLOAD = Workload(
     name="patients",
     load=load,
@@ -52,8 +75,8 @@ WORKLOAD = Workload(
         epochs=40,
         batch_size=64,
         lr=2e-3,
-        optimizer="adam",
         seed=0,
+        train_loop="patients_workload:train",
     ),
     description="MLP on 30 measurements per patient; a CSV with its own record IDs",
 )

@@ -22,6 +22,12 @@ class Recipe:
 
     ``seed`` drives weight initialisation and batch order (each from its own generator), so the original and
     the reference start from the same weights. Text options set the vocabulary fitted on the training set.
+
+    ``train_loop`` names a project's own training loop, ``"module:function"`` (see
+    :func:`hamu.train.trainer.train_model`): it replaces the built-in loop (its optimizer, loss and batches)
+    for the original, every exact retrain and every bank member, while hamu still builds the registered
+    architecture, fits the featurizer and records the metadata. Being a name, it travels with the recipe
+    into every checkpoint and bank digest, and imports in any worker.
     """
 
     model: str = "cnn"
@@ -39,8 +45,13 @@ class Recipe:
     text_max_len: int = 64
     vocab_size: int = 20000
     vocab_min_freq: int = 2
+    train_loop: str | None = None
 
     def __post_init__(self) -> None:
+        if self.train_loop is not None:
+            module_name, sep, attribute = self.train_loop.partition(":")
+            if not (sep and module_name and attribute):
+                raise ValueError(f"train_loop must be 'module:function', got {self.train_loop!r}")
         if self.epochs < 1:
             raise ValueError(f"epochs must be >= 1, got {self.epochs}")
         if self.batch_size < 1:
@@ -58,6 +69,10 @@ class Recipe:
     def to_dict(self) -> dict[str, Any]:
         d = {name: getattr(self, name) for name in self.__dataclass_fields__}
         d["model_config"] = dict(self.model_config)
+        if self.train_loop is None:
+            # Absent rather than null: recipes (and the bank digests over them) written before the field
+            # existed stay byte-identical.
+            del d["train_loop"]
         return d
 
     @classmethod

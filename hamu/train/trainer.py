@@ -34,6 +34,7 @@ from hamu.data.tensors import Featurizer, TextFeaturizer, featurizer_for, featur
 from hamu.device import resolve_device
 from hamu.models.checkpoint import save_checkpoint
 from hamu.models.registry import MODELS, build_model
+from hamu.plugins import PluginImportError, import_target
 from hamu.train.recipe import Preset, Recipe, get_preset
 from hamu.unlearner import eval_mode
 
@@ -181,6 +182,108 @@ def loss_attack_auc(member_losses: np.ndarray, nonmember_losses: np.ndarray) -> 
     return float((ranks[: m.size].sum() - m.size * (m.size + 1) / 2) / (m.size * o.size))
 
 
+def _builtin_loop(
+    recipe: Recipe,
+    model: nn.Module,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    device: torch.device,
+    *,
+    role: str,
+    progress: bool,
+) -> list[dict[str, float]]:
+    """The recipe's own loop: its optimizer and schedule, cross-entropy, seeded batch order."""
+    n = len(targets)
+    steps_per_epoch = math.ceil(n / recipe.batch_size)
+    total_steps = steps_per_epoch * recipe.epochs
+    history: list[dict[str, float]] = []
+    optimizer = _optimizer(recipe, model.parameters())
+    scheduler = (
+        torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
+        if recipe.schedule == "cosine"
+        else None
+    )
+    order = torch.Generator().manual_seed(recipe.seed)
+    model.train()
+    bar = tqdm(total=total_steps, desc=f"train {role} ({recipe.model})", disable=not progress, leave=False)
+    try:
+        for epoch in range(recipe.epochs):
+            perm = torch.randperm(n, generator=order)
+            total, seen = 0.0, 0
+            for i in range(0, n, recipe.batch_size):
+                idx = perm[i : i + recipe.batch_size]
+                bar.update(1)
+                if len(idx) < 2 and n > 1:  # a batch of one breaks batch norm; its row is seen next epoch
+                    continue
+                x, y = inputs[idx].to(device), targets[idx].to(device)
+                loss = F.cross_entropy(model(x), y)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(
+                        f"non-finite training loss at epoch {epoch}, step {i // recipe.batch_size}"
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if recipe.max_grad_norm is not None:
+                    nn.utils.clip_grad_norm_(model.parameters(), recipe.max_grad_norm)
+                optimizer.step()
+                if scheduler is not None:
+                    scheduler.step()
+                total += float(loss.detach()) * len(idx)
+                seen += len(idx)
+            epoch_loss = total / max(seen, 1)
+            history.append({"epoch": float(epoch + 1), "loss": epoch_loss})
+            bar.set_postfix(epoch=epoch + 1, loss=f"{epoch_loss:.4f}")
+    finally:
+        bar.close()
+    return history
+
+
+class TrainingLoopError(RuntimeError):
+    """A recipe's own training loop failed or returned a model hamu cannot serve; the message names it."""
+
+
+def _run_train_loop(
+    recipe: Recipe, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, role: str
+) -> nn.Module:
+    """Call the recipe's ``train_loop(model, inputs, targets, *, seed, recipe)`` and check what it gives back.
+
+    The loop receives the freshly initialised registered architecture (seeded by ``recipe.seed``) and the
+    featurized CPU tensors; it trains the model in place and returns None, or returns a trained module with
+    the same state-dict keys and shapes (so that checkpoints rebuild from the registry).
+    """
+    name = recipe.train_loop
+    assert name is not None
+    try:
+        loop = import_target(name)
+    except PluginImportError as exc:
+        raise TrainingLoopError(f"training loop {name!r}: {exc}") from exc
+    if not callable(loop):
+        raise TrainingLoopError(f"training loop {name!r} is {type(loop).__name__}, not a function")
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    model.train()
+    try:
+        returned = loop(model, inputs, targets, seed=recipe.seed, recipe=recipe)
+    except Exception as exc:
+        raise TrainingLoopError(f"training loop {name!r} raised while training the {role}: {exc}") from exc
+    trained = model if returned is None else returned
+    if not isinstance(trained, nn.Module):
+        raise TrainingLoopError(
+            f"training loop {name!r} returned {type(trained).__name__}, not a torch module (or None)"
+        )
+    got = {k: tuple(v.shape) for k, v in trained.state_dict().items()}
+    if got != expected:
+        missing = sorted(set(expected) - set(got))[:3]
+        extra = sorted(set(got) - set(expected))[:3]
+        raise TrainingLoopError(
+            f"training loop {name!r} returned a model whose state dict does not match {recipe.model!r} "
+            f"(missing {missing}, unexpected {extra}, or other shapes)"
+        )
+    for key, value in trained.state_dict().items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise TrainingLoopError(f"training loop {name!r} left non-finite values in {key!r}")
+    return trained
+
+
 def train_model(
     data: Any,
     recipe: Recipe,
@@ -191,7 +294,11 @@ def train_model(
     eval_sets: Mapping[str, Any] | None = None,
     extra_metadata: Mapping[str, Any] | None = None,
 ) -> TrainedModel:
-    """Train one model on ``data`` (a hamu dataset) with ``recipe``; metadata records the data digest."""
+    """Train one model on ``data`` (a hamu dataset) with ``recipe``; metadata records the data digest.
+
+    The recipe's ``train_loop``, when set, trains instead of the built-in loop (see :func:`_run_train_loop`);
+    a failure raises :class:`TrainingLoopError` naming it, before anything is written.
+    """
     if len(data) == 0:
         raise ValueError("cannot train on an empty dataset")
     spec = spec or spec_of(data)
@@ -212,53 +319,15 @@ def train_model(
     config = _complete_config(recipe, spec, featurizer)
     device = resolve_device(recipe.device)
     n = len(targets)
-    steps_per_epoch = math.ceil(n / recipe.batch_size)
-    total_steps = steps_per_epoch * recipe.epochs
     history: list[dict[str, float]] = []
     cuda_devices = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=cuda_devices):
         torch.manual_seed(recipe.seed)
         model = build_model(recipe.model, **config).to(device)
-        optimizer = _optimizer(recipe, model.parameters())
-        scheduler = (
-            torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
-            if recipe.schedule == "cosine"
-            else None
-        )
-        order = torch.Generator().manual_seed(recipe.seed)
-        model.train()
-        bar = tqdm(
-            total=total_steps, desc=f"train {role} ({recipe.model})", disable=not progress, leave=False
-        )
-        try:
-            for epoch in range(recipe.epochs):
-                perm = torch.randperm(n, generator=order)
-                total, seen = 0.0, 0
-                for i in range(0, n, recipe.batch_size):
-                    idx = perm[i : i + recipe.batch_size]
-                    bar.update(1)
-                    if len(idx) < 2 and n > 1:  # a batch of one breaks batch norm; its row is seen next epoch
-                        continue
-                    x, y = inputs[idx].to(device), targets[idx].to(device)
-                    loss = F.cross_entropy(model(x), y)
-                    if not torch.isfinite(loss):
-                        raise FloatingPointError(
-                            f"non-finite training loss at epoch {epoch}, step {i // recipe.batch_size}"
-                        )
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    if recipe.max_grad_norm is not None:
-                        nn.utils.clip_grad_norm_(model.parameters(), recipe.max_grad_norm)
-                    optimizer.step()
-                    if scheduler is not None:
-                        scheduler.step()
-                    total += float(loss.detach()) * len(idx)
-                    seen += len(idx)
-                epoch_loss = total / max(seen, 1)
-                history.append({"epoch": float(epoch + 1), "loss": epoch_loss})
-                bar.set_postfix(epoch=epoch + 1, loss=f"{epoch_loss:.4f}")
-        finally:
-            bar.close()
+        if recipe.train_loop is not None:
+            model = _run_train_loop(recipe, model, inputs, targets, role)
+        else:
+            history = _builtin_loop(recipe, model, inputs, targets, device, role=role, progress=progress)
     model.eval()
     train_seconds = time.perf_counter() - start
     metrics: dict[str, Any] = {"train": evaluate_model(model, data, featurizer)}

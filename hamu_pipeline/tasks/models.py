@@ -30,7 +30,7 @@ from hamu.governance.lineage import ErasureManifest
 from hamu.models import load_checkpoint
 from hamu.models.checkpoint import model_digest
 from hamu.train import TrainedModel, train_model
-from hamu.train.trainer import featurizer_from_metadata
+from hamu.train.trainer import TrainingLoopError, featurizer_from_metadata
 from hamu.workloads import get_workload
 from hamu_pipeline.tasks.env import StatePaths
 from hamu_pipeline.tasks.tracking import (
@@ -151,7 +151,10 @@ def _register_original(paths: StatePaths, data: PresetData, name: str, progress:
     refuse_if_erasures(paths, data, f"train a new original for {name!r}")
     _abandon_unrecorded_originals(paths, name)
     recipe = get_workload(data.preset).recipe
-    trained = train_model(data.train, recipe, role="original", progress=progress)
+    try:
+        trained = train_model(data.train, recipe, role="original", progress=progress)
+    except TrainingLoopError as exc:  # nothing is saved or registered before training returns
+        raise TrainingLoopError(f"workload {data.preset!r}: {exc}") from exc
     ckpt_dir = paths.models / data.preset
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     path = trained.save(ckpt_dir / "original.safetensors")

@@ -1,0 +1,190 @@
+"""A project's own training loop, named by a recipe: it trains the original, the exact retrains and the bank
+members in place of the built-in loop, and every way it can fail is refused by name before anything is
+written (a path that does not import, a loop that raises, returns another architecture, returns something
+that is not a model, or leaves NaN weights)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from hamu.data import dataset_digest, tabular_dataset
+from hamu.train import Recipe, train_model
+from hamu.train.bank import BankPlan, recipe_digest, train_member
+from hamu.train.trainer import TrainingLoopError
+from hamu.workloads import PROJECT_ENV
+
+LOOPS = '''
+import torch
+from torch import nn
+
+CALLS = []
+
+
+def constant(model, inputs, targets, *, seed, recipe):
+    """Sets every weight to seed/1000: shows which seed the loop was given, and that its result is kept."""
+    CALLS.append((tuple(inputs.shape), tuple(targets.shape), seed, recipe.epochs))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(seed / 1000)
+
+
+def sgd(model, inputs, targets, *, seed, recipe):
+    opt = torch.optim.SGD(model.parameters(), lr=recipe.lr)
+    for _ in range(recipe.epochs):
+        loss = nn.functional.cross_entropy(model(inputs), targets)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+
+def raises(model, inputs, targets, *, seed, recipe):
+    raise RuntimeError("out of GPU memory on node 7")
+
+
+def other_architecture(model, inputs, targets, *, seed, recipe):
+    return nn.Linear(3, 2)
+
+
+def not_a_model(model, inputs, targets, *, seed, recipe):
+    return {"weights": 1}
+
+
+def nan_weights(model, inputs, targets, *, seed, recipe):
+    with torch.no_grad():
+        next(iter(model.parameters())).fill_(float("nan"))
+
+
+NOT_CALLABLE = 3
+'''
+
+WORKLOADS = """
+from hamu.data import dataset_digest, tabular_dataset
+from hamu.train import Recipe
+from hamu.workloads import Workload
+import numpy as np
+
+
+def load():
+    gen = np.random.default_rng(0)
+    ids = [f"row-{i:04d}" for i in range(60)]
+    values = gen.standard_normal((60, 5))
+    labels = ["yes" if v > 0 else "no" for v in values[:, 0]]
+    table = tabular_dataset(ids, values, labels, name="t", class_names=["no", "yes"])
+    return table.select(range(40)), table.select(range(40, 60))
+
+
+LOOP_RAISES = Workload("loop-raises", load, Recipe(model="mlp", model_config={"hidden": [8]}, epochs=1,
+                       train_loop="proj_loops:raises"))
+"""
+
+
+@pytest.fixture()
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    (tmp_path / "proj_loops.py").write_text(LOOPS)
+    (tmp_path / "proj_loop_workloads.py").write_text(WORKLOADS)
+    (tmp_path / "hamu.toml").write_text('[workloads]\nloop-raises = "proj_loop_workloads:LOOP_RAISES"\n')
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv(PROJECT_ENV, raising=False)
+    yield tmp_path
+    for name in ("proj_loops", "proj_loop_workloads"):
+        sys.modules.pop(name, None)
+
+
+def _table(n: int = 40) -> object:
+    gen = np.random.default_rng(3)
+    values = gen.standard_normal((n, 5))
+    labels = ["yes" if v > 0 else "no" for v in values[:, 0] + 0.3 * values[:, 1]]
+    return tabular_dataset(
+        [f"row-{i:04d}" for i in range(n)], values, labels, name="t", class_names=["no", "yes"]
+    )
+
+
+def _recipe(loop: str | None, **changes: object) -> Recipe:
+    base = Recipe(model="mlp", model_config={"hidden": [8]}, epochs=3, batch_size=16, lr=0.1, seed=7)
+    return base.with_options(train_loop=loop, **changes)
+
+
+def test_the_loop_trains_and_its_model_is_kept(project: Path) -> None:
+    trained = train_model(_table(), _recipe("proj_loops:constant"), role="original", progress=False)
+    loops = sys.modules["proj_loops"]
+    assert loops.CALLS == [((40, 5), (40,), 7, 3)]  # featurized inputs, the recipe's seed and epochs
+    assert all(bool((p == 0.007).all()) for p in trained.model.parameters())
+    assert trained.metadata["recipe"]["train_loop"] == "proj_loops:constant"
+
+
+def test_a_real_loop_is_deterministic_and_learns(project: Path) -> None:
+    data = _table()
+    runs = [train_model(data, _recipe("proj_loops:sgd", epochs=60), progress=False) for _ in range(2)]
+    for a, b in zip(runs[0].model.parameters(), runs[1].model.parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert runs[0].metadata["metrics"]["train"]["accuracy"] >= 0.8
+
+
+def test_recipes_without_a_loop_keep_their_digest() -> None:
+    """``train_loop`` is left out of a recipe that has none, so banks made before it existed still match."""
+    plain = _recipe(None)
+    assert "train_loop" not in plain.to_dict()
+    assert Recipe.from_dict(plain.to_dict()) == plain
+    with_loop = _recipe("proj_loops:sgd")
+    assert Recipe.from_dict(with_loop.to_dict()) == with_loop
+    assert recipe_digest(with_loop.to_dict()) != recipe_digest(plain.to_dict())
+
+
+def test_bank_members_are_trained_by_the_loop_with_their_own_seed(project: Path) -> None:
+    data = _table()
+    plan = BankPlan(dataset_digest(data), _recipe("proj_loops:constant").to_dict(), len(data), 2, seed=3)
+    for k in range(2):
+        member = train_member(data, plan, k)
+        seed = plan.member_recipe(k).seed
+        assert all(bool((p == seed / 1000).all()) for p in member.model.parameters())
+
+
+@pytest.mark.parametrize(
+    ("loop", "message"),
+    [
+        ("no_such_module:train", "cannot import 'no_such_module'"),
+        ("proj_loops:missing", "has no attribute 'missing'"),
+        ("proj_loops:NOT_CALLABLE", "is int, not a function"),
+        ("proj_loops:raises", "raised while training the original: out of GPU memory on node 7"),
+        ("proj_loops:other_architecture", "does not match 'mlp'"),
+        ("proj_loops:not_a_model", "returned dict, not a torch module"),
+        ("proj_loops:nan_weights", "left non-finite values"),
+    ],
+)
+def test_a_loop_that_cannot_serve_is_refused_by_name(project: Path, loop: str, message: str) -> None:
+    with pytest.raises(TrainingLoopError) as info:
+        train_model(_table(), _recipe(loop), role="original", progress=False)
+    assert message in str(info.value) and loop in str(info.value)
+
+
+def test_a_malformed_loop_name_is_refused_when_the_recipe_is_made() -> None:
+    with pytest.raises(ValueError, match="train_loop must be 'module:function'"):
+        _recipe("just_a_module")
+
+
+def test_hamu_init_with_a_failing_loop_names_the_workload_and_registers_nothing(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mlflow.tracking import MlflowClient
+
+    from hamu_pipeline.flows.cli import app
+
+    monkeypatch.setenv("HAMU_HOME", str(project / "home"))
+    result = CliRunner().invoke(app, ["init", "--preset", "loop-raises"])
+    output = " ".join(result.output.split())
+    assert result.exit_code == 1, output
+    assert "workload 'loop-raises'" in output and "out of GPU memory on node 7" in output
+    import mlflow
+
+    assert str(project / "home") in mlflow.get_tracking_uri()  # the registry the CLI used, not a default
+    client = MlflowClient()
+    assert client.search_model_versions("name='hamu-loop-raises'") == []
+    ledger = project / "home" / "audit" / "ledger.jsonl"
+    assert not ledger.exists() or "train-original" not in ledger.read_text()
