@@ -356,6 +356,78 @@ def train_model(
     return TrainedModel(model=model, featurizer=featurizer, metadata=metadata)
 
 
+class WeightsMismatchError(ValueError):
+    """Weights that do not load into the recipe's architecture as built for the data."""
+
+
+def adopt_weights(
+    data: Any,
+    recipe: Recipe,
+    state_dict: Mapping[str, torch.Tensor],
+    *,
+    role: str = "original",
+    eval_sets: Mapping[str, Any] | None = None,
+    extra_metadata: Mapping[str, Any] | None = None,
+) -> TrainedModel:
+    """A model trained elsewhere, as a hamu checkpoint: the recipe's registered architecture, built for
+    ``data`` exactly as :func:`train_model` would build it (featurizer fitted on ``data``), loaded strictly
+    with ``state_dict``.
+
+    Why strictly: every exact retrain and bank member is trained as this architecture, and the served
+    weights must be exactly those the registry holds. ``data_digest`` records ``data`` as the training set:
+    the caller vouches for that (the weights cannot prove which rows they saw). Raises
+    :class:`WeightsMismatchError` naming the missing, unexpected or reshaped entries, or non-finite values.
+    """
+    spec = spec_of(data)
+    featurizer = featurizer_for(
+        spec,
+        fit_on=data,
+        **(
+            {"max_size": recipe.vocab_size, "min_freq": recipe.vocab_min_freq, "max_len": recipe.text_max_len}
+            if spec.kind == "text"
+            else {}
+        ),
+    )
+    config = _complete_config(recipe, spec, featurizer)
+    model = build_model(recipe.model, **config)
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    given = {k: tuple(v.shape) for k, v in state_dict.items()}
+    if given != expected:
+        missing = sorted(set(expected) - set(given))[:3]
+        unexpected = sorted(set(given) - set(expected))[:3]
+        reshaped = sorted(k for k in set(given) & set(expected) if given[k] != expected[k])[:3]
+        raise WeightsMismatchError(
+            f"the weights do not fit {recipe.model!r} as built for this data: missing {missing}, "
+            f"unexpected {unexpected}, other shapes {reshaped}"
+        )
+    bad = [k for k, v in state_dict.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise WeightsMismatchError(f"the weights hold NaN or Inf in {bad[:3]}")
+    model.load_state_dict(dict(state_dict), strict=True)
+    model.eval()
+    metrics: dict[str, Any] = {"train": evaluate_model(model, data, featurizer)}
+    for name, ds in (eval_sets or {}).items():
+        metrics[name] = evaluate_model(model, ds, featurizer)
+    metadata: dict[str, Any] = {
+        "metadata_version": METADATA_VERSION,
+        "architecture": recipe.model,
+        "config": config,
+        "seed": recipe.seed,
+        "role": role,
+        "dataset": spec.name,
+        "data_digest": dataset_digest(data),
+        "data_size": len(data),
+        "class_names": list(spec.class_names),
+        "recipe": recipe.to_dict(),
+        "featurizer": featurizer.to_config(),
+        "metrics": metrics,
+        "history": [],
+        "torch_version": torch.__version__,
+    }
+    metadata.update(dict(extra_metadata or {}))
+    return TrainedModel(model=model, featurizer=featurizer, metadata=metadata)
+
+
 def train_pair(split: Split, recipe: Recipe, *, progress: bool = True, evaluate: bool = True) -> TrainedPair:
     """Train the original (retain ∪ forget) and the retrained reference (retain only) with one recipe.
 

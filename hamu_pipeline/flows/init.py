@@ -26,6 +26,12 @@ def init(
     from_version: str | None = typer.Option(
         None, help="adopt this existing version of the registered model instead of training an original"
     ),
+    train_seconds: float | None = typer.Option(
+        None,
+        min=0.0,
+        help="with --from-version of a model logged without a hamu checkpoint: how long training it took "
+        "(the unlearn-or-retrain gate compares unlearning with it)",
+    ),
 ) -> None:
     """Create the first champion: train the preset's original, or adopt an existing registered version."""
     paths = configure_environment()
@@ -56,8 +62,16 @@ def init(
         out.print(f"{name}: trained the original, version {trained['version']} is champion")
         return
     try:
-        served = adopt_version(paths, load_preset_data(preset), name, from_version)
+        served = adopt_version(
+            paths, load_preset_data(preset), name, from_version, train_seconds=train_seconds
+        )
     except (AdoptionRefused, RuntimeError) as exc:
         err.print(f"[red]adoption refused[/red]: {exc}; nothing was changed")
         raise typer.Exit(1) from None
+    if served.version != from_version:
+        out.print(
+            f"{name}: version {from_version} had no hamu checkpoint; converted into version "
+            f"{served.version}, which is champion"
+        )
+        return
     out.print(f"{name}: adopted version {served.version} as champion")

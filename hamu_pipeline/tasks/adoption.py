@@ -7,37 +7,61 @@ predate the lineage: they are tagged ``abandoned`` and listed in one ledger reco
 the same ``register-original`` ledger record (weights digest, manifest digest, empty erasure manifest)
 that training an original writes, anchors the version to the chain, and sets ``champion``. Every refusal
 changes nothing: no tag, no alias, no ledger record.
+
+A version logged by the team's own code (``mlflow.pytorch.log_model``, no hamu checkpoint) is adopted by
+conversion: its module is loaded, its weights are loaded strictly into the workload's registered
+architecture (built for the manifest as hamu would train it), and the model must beat the majority class on
+the test set through hamu's featurizer (weights trained on other preprocessing fail here, not in the first
+batch). The result is registered as a new version with a hamu checkpoint, tagged ``adopted_from``; that
+version becomes champion and the foreign one is set aside with the others. The weights cannot prove which
+rows they saw, so the ledger record says the manifest is the operator's declaration, and the operator gives
+the training time (``--train-seconds``) the unlearn-or-retrain gate compares against.
 """
 
 from __future__ import annotations
 
+import shutil
+import tempfile
+from pathlib import Path
+
+import mlflow
+import numpy as np
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
+from torch import nn
 
 from hamu.data.digest import dataset_digest
 from hamu.governance.audit import ANCHOR_TAG
 from hamu.models.checkpoint import CheckpointError
+from hamu.train import TrainedModel
+from hamu.train.trainer import WeightsMismatchError, adopt_weights
 from hamu.workloads import get_workload
 from hamu_pipeline.tasks.env import StatePaths
 from hamu_pipeline.tasks.models import (
     PresetData,
     ServedModel,
+    _example,
     abandon_versions,
     champion_lock,
     load_version,
     record_original,
     refuse_if_erasures,
 )
-from hamu_pipeline.tasks.tracking import alias_version, set_alias
+from hamu_pipeline.tasks.tracking import alias_version, checkpoint_present, log_model_version, set_alias
 
 
 class AdoptionRefused(ValueError):
     """The version cannot start this preset's lineage; the message says which check it failed."""
 
 
-def adopt_version(paths: StatePaths, data: PresetData, name: str, version: str) -> ServedModel:
+def adopt_version(
+    paths: StatePaths, data: PresetData, name: str, version: str, *, train_seconds: float | None = None
+) -> ServedModel:
     """Make ``name`` version ``version`` the champion, after checking that it is this preset's model
-    trained on this preset's manifest and that it is the first champion of an erasure-free store."""
+    trained on this preset's manifest and that it is the first champion of an erasure-free store.
+
+    A version without a hamu checkpoint is converted first (module docstring); ``train_seconds`` is then
+    required."""
     preset = data.preset
     with champion_lock(paths, name):
         current = alias_version(name, "champion")
@@ -48,7 +72,11 @@ def adopt_version(paths: StatePaths, data: PresetData, name: str, version: str) 
             )
         refuse_if_erasures(paths, data, f"adopt {name} version {version}")
         try:
-            MlflowClient().get_model_version(name, version)
+            mv = MlflowClient().get_model_version(name, version)
+            if not checkpoint_present(mv):
+                converted = _convert_foreign(data, name, version, train_seconds)
+                _refuse_other_aliases(name, version)
+                return _register_converted(paths, data, name, version, converted)
             served = load_version(name, version)
         except MlflowException as exc:
             raise AdoptionRefused(
@@ -77,6 +105,89 @@ def adopt_version(paths: StatePaths, data: PresetData, name: str, version: str) 
         if "batch_status" in (served.tags or {}):  # set aside by an earlier adoption: it serves now
             client.delete_model_version_tag(name, version, "batch_status")
         set_alias(name, "champion", version)
+    return load_version(name, version)
+
+
+def _convert_foreign(data: PresetData, name: str, version: str, train_seconds: float | None) -> TrainedModel:
+    """The foreign version as a hamu model, checked; nothing is written."""
+    where = f"{name} version {version}"
+    if train_seconds is None or not train_seconds > 0:
+        raise AdoptionRefused(
+            f"{where} holds no hamu checkpoint; to adopt it by conversion give --train-seconds (how long "
+            "training it took: the unlearn-or-retrain gate compares unlearning with that cost)"
+        )
+    try:
+        foreign = mlflow.pytorch.load_model(f"models:/{name}/{version}", map_location="cpu")
+    except Exception as exc:  # any flavour or deserialisation failure: the version is not a torch module
+        raise AdoptionRefused(
+            f"{where} holds no hamu checkpoint and does not load with mlflow.pytorch: {exc}"
+        ) from exc
+    if not isinstance(foreign, nn.Module):
+        raise AdoptionRefused(f"{where} loads as {type(foreign).__name__}, not a torch module")
+    workload = get_workload(data.preset)
+    try:
+        converted = adopt_weights(
+            data.train,
+            workload.recipe,
+            foreign.state_dict(),
+            eval_sets={"test": data.test},
+            extra_metadata={
+                "train_seconds": float(train_seconds),
+                "adopted_from": f"{name}/{version}",
+                "data_digest_source": "declared by the operator at adoption",
+            },
+        )
+    except WeightsMismatchError as exc:
+        raise AdoptionRefused(f"{where}: {exc} (workload {data.preset!r})") from exc
+    labels = np.asarray(data.test["label"])
+    majority = float(np.bincount(labels).max() / len(labels)) if len(labels) else 0.0
+    accuracy = float(converted.metadata["metrics"]["test"]["accuracy"])
+    if not accuracy > majority:
+        raise AdoptionRefused(
+            f"{where} scores {accuracy:.3f} on workload {data.preset!r}'s test set through hamu's "
+            f"featurizer, no better than the majority class ({majority:.3f}): its weights were trained on "
+            "other inputs"
+        )
+    return converted
+
+
+def _register_converted(
+    paths: StatePaths, data: PresetData, name: str, foreign: str, converted: TrainedModel
+) -> ServedModel:
+    """Register the converted model as a new version and make it the first champion."""
+    preset = data.preset
+    digest = str(converted.metadata["data_digest"])
+    folder = Path(tempfile.mkdtemp(prefix="hamu-adopt-"))
+    try:
+        converted.save(folder / "original.safetensors")
+        with mlflow.start_run(run_name=f"adopt-{name}-v{foreign}"):
+            mlflow.log_params({"preset": preset, "role": "original", "adopted_from": f"{name}/{foreign}"})
+            new = log_model_version(
+                converted.model,
+                name=name,
+                example=_example(converted.featurizer, data.train),
+                checkpoint_dir=folder,
+                tags={"role": "original", "preset": preset, "data_digest": digest, "adopted_from": foreign},
+            )
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    version = str(new.version)
+    _set_aside_other_versions(paths, name, version)
+    record = record_original(
+        paths,
+        name,
+        version,
+        converted.model,
+        preset,
+        manifest_digest=digest,
+        reason=(
+            f"adopted version {foreign} by conversion into version {version}: weights loaded strictly into "
+            f"{converted.metadata['architecture']!r}; training on preset {preset!r}'s full manifest is the "
+            "operator's declaration"
+        ),
+    )
+    MlflowClient().set_model_version_tag(name, version, ANCHOR_TAG, f"{record.seq}:{record.record_hash}")
+    set_alias(name, "champion", version)
     return load_version(name, version)
 
 
