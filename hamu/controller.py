@@ -390,8 +390,13 @@ def unlearn_to_target(
     eval_retain: Sequence[Batch] | None = None,
     max_update_norm: float | None = None,
     progress: bool = False,
+    measure_fn: LossFn | None = None,
 ) -> TargetResult:
     """Unlearn ``forget`` from ``model`` (in place) until its forget loss is within ``target``'s band.
+
+    ``loss_fn`` is the objective the steps differentiate; ``measure_fn`` (default ``loss_fn``) the loss the
+    target and the retain ceiling are written in, read on the evaluation slices. They differ when a model is
+    trained with its own loss but judged, like every other, in cross-entropy.
 
     ``config.max_steps`` is the step budget over all chunks (rolled-back ones included); ``config.lr`` the
     first chunk's η; the method and its options as in :func:`hamu.unlearner.unlearn`. ``eval_forget`` (and
@@ -419,12 +424,13 @@ def unlearn_to_target(
         raise ValueError("the model has no trainable parameters")
     names = tuple(n for n, p in model.named_parameters() if p.requires_grad)
     hamu = _HamuKnobs.from_config(config) if config.method in HAMU_METHODS else None
+    measure = measure_fn or loss_fn
 
     def evaluate(snapshot: _Snapshot | None) -> tuple[float, float | None, float]:
         """Forget loss, retain loss and the distance moved since ``snapshot``: one host read."""
-        parts = [_mean_loss_tensor(model, loss_fn, eval_f, device)]
+        parts = [_mean_loss_tensor(model, measure, eval_f, device)]
         if eval_r is not None:
-            parts.append(_mean_loss_tensor(model, loss_fn, eval_r, device))
+            parts.append(_mean_loss_tensor(model, measure, eval_r, device))
         if snapshot is not None:
             parts.append(snapshot.distance())
         values = torch.stack(parts).tolist()

@@ -239,6 +239,30 @@ def test_target_below_the_start(toy: dict[str, Any]) -> None:
     assert torch.equal(_flat(model), before)
 
 
+def test_the_target_is_read_with_the_measure_not_the_objective(toy: dict[str, Any]) -> None:
+    """A model trained with its own loss is judged in cross-entropy: with ``measure_fn`` the evaluation
+    slices are read with it, not with the objective the steps differentiate. A measure ten times the
+    cross-entropy puts the same start ten times higher, so the same target reads as already past."""
+    start = _loss(toy["original"], toy["forget"])
+    kwargs: dict[str, Any] = {"eval_forget": toy["forget"]}
+    target = ForgetTarget(start * 2, tolerance=start / 10)
+
+    def scaled(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return 10.0 * F.cross_entropy(logits, targets)
+
+    plain = unlearn_to_target(
+        copy.deepcopy(toy["original"]), F.cross_entropy, toy["retain"], toy["forget"], _hamu_config(0.1, 5),
+        target, **kwargs,
+    )  # fmt: skip
+    measured = unlearn_to_target(
+        copy.deepcopy(toy["original"]), F.cross_entropy, toy["retain"], toy["forget"], _hamu_config(0.1, 5),
+        target, measure_fn=scaled, **kwargs,
+    )  # fmt: skip
+    assert plain.stop_reason != "already-past-target" and plain.steps_taken > 0
+    assert measured.stop_reason == "already-past-target" and measured.steps_taken == 0
+    assert measured.final_forget_loss == pytest.approx(10 * start, rel=1e-5)
+
+
 def test_update_norm_is_bounded_and_recorded(toy: dict[str, Any]) -> None:
     bound = 0.005
     model = copy.deepcopy(toy["original"])

@@ -1,7 +1,10 @@
-"""A project's own training loop, named by a recipe: it trains the original, the exact retrains and the bank
-members in place of the built-in loop, and every way it can fail is refused by name before anything is
-written (a path that does not import, a loop that raises, returns another architecture, returns something
-that is not a model, or leaves NaN weights)."""
+"""A project's own training loop and loss, named by a recipe.
+
+The loop trains the original, the exact retrains and the bank members in place of the built-in loop; the
+loss is what the built-in loop minimises and what unlearning differentiates. Every way either can fail is
+refused by name before anything is written (a path that does not import, a loop that raises, returns another
+architecture, returns something that is not a model or leaves NaN weights; a loss that raises or returns no
+differentiable scalar)."""
 
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ from typer.testing import CliRunner
 from hamu.data import dataset_digest, tabular_dataset
 from hamu.train import Recipe, train_model
 from hamu.train.bank import BankPlan, recipe_digest, train_member
+from hamu.train.losses import LossError, recipe_loss
 from hamu.train.trainer import TrainingLoopError
 from hamu.workloads import PROJECT_ENV
 
@@ -62,6 +66,23 @@ def nan_weights(model, inputs, targets, *, seed, recipe):
 
 
 NOT_CALLABLE = 3
+
+
+def flipped(logits, targets):
+    """A loss that teaches the other class: a model trained with it must get the labels wrong."""
+    return nn.functional.cross_entropy(logits, 1 - targets)
+
+
+def loss_raises(logits, targets):
+    raise KeyError("class weights not configured")
+
+
+def per_row(logits, targets):
+    return nn.functional.cross_entropy(logits, targets, reduction="none")
+
+
+def detached(logits, targets):
+    return nn.functional.cross_entropy(logits, targets).detach()
 '''
 
 WORKLOADS = """
@@ -167,6 +188,52 @@ def test_a_loop_that_cannot_serve_is_refused_by_name(project: Path, loop: str, m
 def test_a_malformed_loop_name_is_refused_when_the_recipe_is_made() -> None:
     with pytest.raises(ValueError, match="train_loop must be 'module:function'"):
         _recipe("just_a_module")
+    with pytest.raises(ValueError, match="loss must be 'module:function'"):
+        _recipe(None, loss="no_colon")
+
+
+# ------------------------------------------------------------------------------------ the recipe's loss
+def test_the_built_in_loop_minimises_the_recipe_loss(project: Path) -> None:
+    data = _table()
+    plain = train_model(data, _recipe(None, epochs=30), progress=False)
+    flipped = train_model(data, _recipe(None, epochs=30, loss="proj_loops:flipped"), progress=False)
+    assert plain.metadata["metrics"]["train"]["accuracy"] >= 0.8
+    assert flipped.metadata["metrics"]["train"]["accuracy"] <= 0.2  # it learned the other class
+    assert flipped.metadata["recipe"]["loss"] == "proj_loops:flipped"
+    assert "loss" not in plain.metadata["recipe"]
+
+
+def test_the_champion_objective_is_its_recipe_loss(project: Path) -> None:
+    import torch.nn.functional as F
+
+    from hamu_pipeline.tasks.models import ServedModel, objective
+
+    trained = train_model(_table(), _recipe(None, loss="proj_loops:flipped"), progress=False)
+    served = ServedModel("m", "1", trained.model, trained.metadata, trained.featurizer)
+    assert objective(served) is sys.modules["proj_loops"].flipped
+    default = train_model(_table(), _recipe(None, epochs=1), progress=False)
+    assert (
+        objective(ServedModel("m", "2", default.model, default.metadata, default.featurizer))
+        is F.cross_entropy
+    )
+
+
+@pytest.mark.parametrize(
+    ("loss", "message"),
+    [
+        ("no_such_module:loss", "cannot import 'no_such_module'"),
+        ("proj_loops:NOT_CALLABLE", "is int, not a function"),
+        ("proj_loops:loss_raises", "fails on a batch of two rows: 'class weights not configured'"),
+        ("proj_loops:per_row", "must return a scalar tensor"),
+        ("proj_loops:detached", "must return a scalar tensor that carries gradients"),
+    ],
+)
+def test_a_loss_that_cannot_serve_is_refused_by_name(project: Path, loss: str, message: str) -> None:
+    with pytest.raises(LossError) as info:
+        recipe_loss(_recipe(None, loss=loss))
+    assert message in str(info.value) and loss in str(info.value)
+    with pytest.raises(LossError):  # training refuses it the same way, before a step is taken
+        train_model(_table(), _recipe(None, loss=loss), progress=False)
 
 
 def test_hamu_init_with_a_failing_loop_names_the_workload_and_registers_nothing(

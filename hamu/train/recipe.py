@@ -28,6 +28,12 @@ class Recipe:
     for the original, every exact retrain and every bank member, while hamu still builds the registered
     architecture, fits the featurizer and records the metadata. Being a name, it travels with the recipe
     into every checkpoint and bank digest, and imports in any worker.
+
+    ``loss`` names the project's training objective, ``"module:function"`` called like
+    ``F.cross_entropy(logits, targets)`` (default: cross-entropy). It is what the built-in loop minimises and
+    what unlearning differentiates (the retain and forget objectives, and the hardness assessment's
+    gradients); evaluation, membership attacks, gates and forget targets keep measuring cross-entropy, so
+    that every workload's verdicts are read on one scale.
     """
 
     model: str = "cnn"
@@ -46,12 +52,15 @@ class Recipe:
     vocab_size: int = 20000
     vocab_min_freq: int = 2
     train_loop: str | None = None
+    loss: str | None = None
 
     def __post_init__(self) -> None:
-        if self.train_loop is not None:
-            module_name, sep, attribute = self.train_loop.partition(":")
-            if not (sep and module_name and attribute):
-                raise ValueError(f"train_loop must be 'module:function', got {self.train_loop!r}")
+        for name in ("train_loop", "loss"):
+            value = getattr(self, name)
+            if value is not None:
+                module_name, sep, attribute = value.partition(":")
+                if not (sep and module_name and attribute):
+                    raise ValueError(f"{name} must be 'module:function', got {value!r}")
         if self.epochs < 1:
             raise ValueError(f"epochs must be >= 1, got {self.epochs}")
         if self.batch_size < 1:
@@ -69,10 +78,11 @@ class Recipe:
     def to_dict(self) -> dict[str, Any]:
         d = {name: getattr(self, name) for name in self.__dataclass_fields__}
         d["model_config"] = dict(self.model_config)
-        if self.train_loop is None:
-            # Absent rather than null: recipes (and the bank digests over them) written before the field
-            # existed stay byte-identical.
-            del d["train_loop"]
+        for name in ("train_loop", "loss"):
+            if d[name] is None:
+                # Absent rather than null: recipes (and the bank digests over them) written before the
+                # field existed stay byte-identical.
+                del d[name]
         return d
 
     @classmethod

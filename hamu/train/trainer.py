@@ -35,6 +35,7 @@ from hamu.device import resolve_device
 from hamu.models.checkpoint import save_checkpoint
 from hamu.models.registry import MODELS, build_model
 from hamu.plugins import PluginImportError, import_target
+from hamu.train.losses import recipe_loss
 from hamu.train.recipe import Preset, Recipe, get_preset
 from hamu.unlearner import eval_mode
 
@@ -192,7 +193,9 @@ def _builtin_loop(
     role: str,
     progress: bool,
 ) -> list[dict[str, float]]:
-    """The recipe's own loop: its optimizer and schedule, cross-entropy, seeded batch order."""
+    """The recipe's own loop: its optimizer and schedule, its loss (cross-entropy by default), seeded batch
+    order."""
+    loss_fn = recipe_loss(recipe)
     n = len(targets)
     steps_per_epoch = math.ceil(n / recipe.batch_size)
     total_steps = steps_per_epoch * recipe.epochs
@@ -216,7 +219,7 @@ def _builtin_loop(
                 if len(idx) < 2 and n > 1:  # a batch of one breaks batch norm; its row is seen next epoch
                     continue
                 x, y = inputs[idx].to(device), targets[idx].to(device)
-                loss = F.cross_entropy(model(x), y)
+                loss = loss_fn(model(x), y)
                 if not torch.isfinite(loss):
                     raise FloatingPointError(
                         f"non-finite training loss at epoch {epoch}, step {i // recipe.batch_size}"

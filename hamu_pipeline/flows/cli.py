@@ -259,11 +259,11 @@ def hardness(
     batches: int = typer.Option(3),
 ) -> None:
     """Assess HAMU hardness of a workload's ρ-split on its (freshly trained) original model."""
-    import torch.nn.functional as F
 
     from hamu.core.transform import HamuConfig
     from hamu.hardness import assess_hardness
     from hamu.train import train_model
+    from hamu.train.losses import recipe_loss
     from hamu.workloads import WorkloadError, get_workload
     from hamu_pipeline.tasks.loaders import batches as make_batches
 
@@ -277,7 +277,7 @@ def hardness(
     retain, forget = split.tensors("retain", trained.featurizer), split.tensors("forget", trained.featurizer)
     report = assess_hardness(
         trained.model,
-        F.cross_entropy,
+        recipe_loss(workload.recipe),
         make_batches(retain, 256),
         make_batches(forget, 256, seed=1),
         hamu=HamuConfig(constraint_ratio=constraint_ratio),

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch.nn.functional as F
-
 from hamu.core.transform import HamuConfig
 from hamu.governance.decision import CostEstimate, Decision, decide
 from hamu.hardness import HardnessReport, assess_hardness
 from hamu_pipeline.tasks.config import RUN_DEVICE, BatchConfig
 from hamu_pipeline.tasks.loaders import batches
-from hamu_pipeline.tasks.models import ServedModel
+from hamu_pipeline.tasks.models import ServedModel, objective
 
 
 def assess(
@@ -25,7 +23,7 @@ def assess(
     )
     report = assess_hardness(
         champion.model,
-        F.cross_entropy,
+        objective(champion),
         batches(retain, config.batch_size, seed=config.seed),
         batches(forget, config.batch_size, seed=config.seed + 1),
         hamu=hamu,

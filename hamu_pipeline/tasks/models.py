@@ -29,7 +29,8 @@ from hamu.governance.audit import ANCHOR_TAG, Ledger, LedgerRecord, load_or_crea
 from hamu.governance.lineage import ErasureManifest
 from hamu.models import load_checkpoint
 from hamu.models.checkpoint import model_digest
-from hamu.train import TrainedModel, train_model
+from hamu.train import Recipe, TrainedModel, train_model
+from hamu.train.losses import LossFn, recipe_loss
 from hamu.train.trainer import TrainingLoopError, featurizer_from_metadata
 from hamu.workloads import get_workload
 from hamu_pipeline.tasks.env import StatePaths
@@ -80,6 +81,12 @@ class ServedModel:
     tags: dict[str, str] = field(default_factory=dict)
     #: The erasure manifest stored next to the version's checkpoint (empty for an original).
     manifest: ErasureManifest = field(default_factory=ErasureManifest)
+
+
+def objective(champion: ServedModel) -> LossFn:
+    """The loss the champion was trained with (its recipe's; cross-entropy by default): what unlearning
+    differentiates and the hardness assessment measures gradients of."""
+    return recipe_loss(Recipe.from_dict(champion.metadata["recipe"]))
 
 
 def load_preset_data(preset: str) -> PresetData:

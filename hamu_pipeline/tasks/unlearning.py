@@ -28,7 +28,7 @@ from hamu.governance.verdict import GatePolicy, forget_accuracy_target, forget_l
 from hamu_pipeline.tasks.bank import BankView
 from hamu_pipeline.tasks.config import BatchConfig
 from hamu_pipeline.tasks.loaders import batches
-from hamu_pipeline.tasks.models import ServedModel
+from hamu_pipeline.tasks.models import ServedModel, objective
 
 
 class MlflowStepLogger:
@@ -171,7 +171,7 @@ def run_unlearning(
     result: UnlearnResult
     if target is None:
         result = unlearn(
-            model, F.cross_entropy, retain_batches, forget_batches, cfg, callbacks=[logger], progress=True
+            model, objective(champion), retain_batches, forget_batches, cfg, callbacks=[logger], progress=True
         )
     else:
         eval_retain = _fixed_slice(retain, EVAL_SLICE_ROWS, config.seed + 3)
@@ -179,7 +179,7 @@ def run_unlearning(
         ceiling = mean_loss(champion.model, F.cross_entropy, eval_retain, device="cpu") + target.tolerance
         result = unlearn_to_target(
             model,
-            F.cross_entropy,
+            objective(champion),
             retain_batches,
             forget_batches,
             cfg,
@@ -188,6 +188,7 @@ def run_unlearning(
             eval_retain=eval_retain,
             max_update_norm=config.max_update_norm,
             progress=True,
+            measure_fn=F.cross_entropy,  # the target and the ceiling are cross-entropy, as the gates read
         )
         for record in result.history:
             logger(record)
