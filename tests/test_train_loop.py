@@ -11,6 +11,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -118,7 +119,7 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
         sys.modules.pop(name, None)
 
 
-def _table(n: int = 40) -> object:
+def _table(n: int = 40) -> Any:
     gen = np.random.default_rng(3)
     values = gen.standard_normal((n, 5))
     labels = ["yes" if v > 0 else "no" for v in values[:, 0] + 0.3 * values[:, 1]]
