@@ -26,6 +26,7 @@ from hamu.train.trainer import TrainingLoopError
 from hamu.workloads import PROJECT_ENV
 
 LOOPS = '''
+import numpy as np
 import torch
 from torch import nn
 
@@ -84,6 +85,45 @@ def per_row(logits, targets):
 
 def detached(logits, targets):
     return nn.functional.cross_entropy(logits, targets).detach()
+
+
+class Squares:
+    """Each feature and its square, scaled by the training rows' mean magnitudes: 2·d inputs."""
+
+    def __init__(self, scale):
+        self.scale = [float(v) for v in scale]
+
+    @staticmethod
+    def _raw(ds):
+        import numpy as np
+        values = np.asarray(ds["features"], dtype=np.float32)
+        return np.concatenate([values, values**2], axis=1)
+
+    @classmethod
+    def fit(cls, ds):
+        return cls(np.abs(cls._raw(ds)).mean(axis=0).clip(min=1e-6))
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(config["scale"])
+
+    def encode(self, ds):
+        return torch.from_numpy(self._raw(ds) / np.asarray(self.scale, dtype=np.float32))
+
+    def to_config(self):
+        return {"scale": self.scale}
+
+
+class FitRaises(Squares):
+    @classmethod
+    def fit(cls, ds):
+        raise OSError("feature store unreachable")
+
+
+class NoFromConfig:
+    @classmethod
+    def fit(cls, ds):
+        return cls()
 '''
 
 WORKLOADS = """
@@ -256,3 +296,41 @@ def test_hamu_init_with_a_failing_loop_names_the_workload_and_registers_nothing(
     assert client.search_model_versions("name='hamu-loop-raises'") == []
     ledger = project / "home" / "audit" / "ledger.jsonl"
     assert not ledger.exists() or "train-original" not in ledger.read_text()
+
+
+# ------------------------------------------------------------------------------ the recipe's featurizer
+def test_a_project_featurizer_is_fitted_saved_and_rebuilt(project: Path, tmp_path: Path) -> None:
+    """The project's featurizer is fitted on the model's own rows, decides the input width (2·5 here), and
+    rebuilds from the checkpoint's metadata to encode exactly as it did."""
+    from hamu.data.tensors import PluginFeaturizer
+    from hamu.models import load_checkpoint
+    from hamu.train.trainer import featurizer_from_metadata
+
+    data = _table()
+    trained = train_model(data, _recipe(None, epochs=40, featurizer="proj_loops:Squares"), progress=False)
+    assert isinstance(trained.featurizer, PluginFeaturizer)
+    assert trained.metadata["config"]["in_features"] == 10
+    assert trained.metadata["featurizer"]["factory"] == "proj_loops:Squares"
+    assert trained.metadata["metrics"]["train"]["accuracy"] >= 0.8
+    path = trained.save(tmp_path / "m.safetensors")
+    _, metadata = load_checkpoint(path)
+    rebuilt = featurizer_from_metadata(metadata)
+    assert torch.equal(rebuilt.encode(data), trained.featurizer.encode(data))
+    half = train_model(data.select(range(20)), _recipe(None, featurizer="proj_loops:Squares"), progress=False)
+    assert half.metadata["featurizer"]["state"] != trained.metadata["featurizer"]["state"]  # its own rows
+
+
+@pytest.mark.parametrize(
+    ("factory", "message"),
+    [
+        ("no_such_module:F", "cannot import 'no_such_module'"),
+        ("proj_loops:FitRaises", "fit raised: feature store unreachable"),
+        ("proj_loops:NoFromConfig", "has no from_config"),
+    ],
+)
+def test_a_featurizer_that_cannot_serve_is_refused_by_name(project: Path, factory: str, message: str) -> None:
+    from hamu.data.tensors import FeaturizerPluginError
+
+    with pytest.raises(FeaturizerPluginError) as info:
+        train_model(_table(), _recipe(None, featurizer=factory), progress=False)
+    assert message in str(info.value) and factory in str(info.value)

@@ -169,6 +169,67 @@ class TabularFeaturizer:
         return {"kind": self.kind, "mean": list(self.mean), "std": list(self.std)}
 
 
+class FeaturizerPluginError(ValueError):
+    """A project's featurizer cannot be used; the message names it."""
+
+
+class PluginFeaturizer:
+    """A project's own featurizer, named ``"module:Class"`` by a recipe, wrapped so checkpoints rebuild it.
+
+    The class provides ``fit(train_rows) -> instance`` (a classmethod: fitted on the model's own training
+    rows only, like a vocabulary), ``encode(rows) -> Tensor``, ``to_config() -> dict`` (JSON values) and
+    ``from_config(dict) -> instance``. The wrapper stores the class's name next to its state, so
+    :func:`featurizer_from_config` rebuilds it wherever the project's code imports.
+    """
+
+    kind = "plugin"
+
+    def __init__(self, factory: str, inner: Any) -> None:
+        self.factory = factory
+        self.inner = inner
+
+    @classmethod
+    def fit(cls, factory: str, ds: Any) -> PluginFeaturizer:
+        return cls(factory, _plugin_call(factory, "fit", ds))
+
+    @classmethod
+    def from_state(cls, factory: str, state: dict[str, Any]) -> PluginFeaturizer:
+        return cls(factory, _plugin_call(factory, "from_config", state))
+
+    def encode(self, ds: Any) -> torch.Tensor:
+        try:
+            encoded = self.inner.encode(ds)
+        except Exception as exc:
+            raise FeaturizerPluginError(f"featurizer {self.factory!r}: encode raised: {exc}") from exc
+        if not isinstance(encoded, torch.Tensor) or len(encoded) != len(ds):
+            raise FeaturizerPluginError(
+                f"featurizer {self.factory!r}: encode must return a tensor with one row per input row"
+            )
+        return encoded
+
+    def to_config(self) -> dict[str, Any]:
+        return {"kind": self.kind, "factory": self.factory, "state": self.inner.to_config()}
+
+
+def _plugin_call(factory: str, method: str, argument: Any) -> Any:
+    """``Class.method(argument)`` of the project's featurizer class, every failure named."""
+    from hamu.plugins import PluginImportError, import_target
+
+    try:
+        found = import_target(factory)
+    except PluginImportError as exc:
+        raise FeaturizerPluginError(f"featurizer {factory!r}: {exc}") from exc
+    missing = [m for m in ("fit", "from_config") if not callable(getattr(found, m, None))]
+    if missing:
+        raise FeaturizerPluginError(
+            f"featurizer {factory!r} has no {' or '.join(missing)} (see PluginFeaturizer)"
+        )
+    try:
+        return getattr(found, method)(argument)
+    except Exception as exc:
+        raise FeaturizerPluginError(f"featurizer {factory!r}: {method} raised: {exc}") from exc
+
+
 def featurizer_for(data: Any, *, fit_on: Any = None, **text_options: Any) -> Featurizer:
     """The featurizer for a dataset (or a :class:`DatasetSpec`); text fits its vocabulary on ``fit_on``."""
     spec = data if isinstance(data, DatasetSpec) else spec_of(data)
@@ -191,7 +252,9 @@ def featurizer_from_config(config: dict[str, Any]) -> Featurizer:
         return TextFeaturizer(config["vocab"], max_len=int(config["max_len"]))
     if kind == "tabular":
         return TabularFeaturizer(config["mean"], config["std"])
-    raise ValueError(f"unknown featurizer kind {kind!r}; valid: image, text, tabular")
+    if kind == PluginFeaturizer.kind:
+        return PluginFeaturizer.from_state(config["factory"], config["state"])
+    raise ValueError(f"unknown featurizer kind {kind!r}; valid: image, text, tabular, plugin")
 
 
 def labels_tensor(ds: Any) -> torch.Tensor:

@@ -34,6 +34,10 @@ class Recipe:
     what unlearning differentiates (the retain and forget objectives, and the hardness assessment's
     gradients); evaluation, membership attacks, gates and forget targets keep measuring cross-entropy, so
     that every workload's verdicts are read on one scale.
+
+    ``featurizer`` names the project's own featurizer class, ``"module:Class"``
+    (:class:`hamu.data.tensors.PluginFeaturizer`), fitted on each model's own training rows in place of
+    the data kind's built-in one.
     """
 
     model: str = "cnn"
@@ -53,9 +57,10 @@ class Recipe:
     vocab_min_freq: int = 2
     train_loop: str | None = None
     loss: str | None = None
+    featurizer: str | None = None
 
     def __post_init__(self) -> None:
-        for name in ("train_loop", "loss"):
+        for name in ("train_loop", "loss", "featurizer"):
             value = getattr(self, name)
             if value is not None:
                 module_name, sep, attribute = value.partition(":")
@@ -78,7 +83,7 @@ class Recipe:
     def to_dict(self) -> dict[str, Any]:
         d = {name: getattr(self, name) for name in self.__dataclass_fields__}
         d["model_config"] = dict(self.model_config)
-        for name in ("train_loop", "loss"):
+        for name in ("train_loop", "loss", "featurizer"):
             if d[name] is None:
                 # Absent rather than null: recipes (and the bank digests over them) written before the
                 # field existed stay byte-identical.

@@ -30,7 +30,14 @@ from tqdm import tqdm
 from hamu.data.digest import dataset_digest
 from hamu.data.spec import DatasetSpec, spec_of
 from hamu.data.splits import Split
-from hamu.data.tensors import Featurizer, TextFeaturizer, featurizer_for, featurizer_from_config, to_tensors
+from hamu.data.tensors import (
+    Featurizer,
+    PluginFeaturizer,
+    TextFeaturizer,
+    featurizer_for,
+    featurizer_from_config,
+    to_tensors,
+)
 from hamu.device import resolve_device
 from hamu.models.checkpoint import save_checkpoint
 from hamu.models.registry import MODELS, build_model
@@ -81,8 +88,25 @@ def featurizer_from_metadata(metadata: Mapping[str, Any]) -> Featurizer:
     return featurizer_from_config(config)
 
 
-def _complete_config(recipe: Recipe, spec: DatasetSpec, featurizer: Featurizer) -> dict[str, Any]:
-    """The recipe's model config plus what the data decides (classes, input shape, vocabulary size)."""
+def recipe_featurizer(recipe: Recipe, spec: DatasetSpec, data: Any) -> Featurizer:
+    """The featurizer a model trained on ``data`` with ``recipe`` reads its rows with, fitted on ``data``:
+    the project's own (``recipe.featurizer``) or the data kind's."""
+    if recipe.featurizer is not None:
+        return PluginFeaturizer.fit(recipe.featurizer, data)
+    options = (
+        {"max_size": recipe.vocab_size, "min_freq": recipe.vocab_min_freq, "max_len": recipe.text_max_len}
+        if spec.kind == "text"
+        else {}
+    )
+    return featurizer_for(spec, fit_on=data, **options)
+
+
+def _complete_config(
+    recipe: Recipe, spec: DatasetSpec, featurizer: Featurizer, inputs: torch.Tensor
+) -> dict[str, Any]:
+    """The recipe's model config plus what the data decides (classes, input shape, vocabulary size).
+
+    A project's own featurizer decides the input width itself: it is read from the encoded ``inputs``."""
     if recipe.model not in MODELS:
         raise ValueError(f"unknown model {recipe.model!r}; valid names: {', '.join(MODELS)}")
     accepted = set(inspect.signature(MODELS[recipe.model]).parameters)
@@ -95,6 +119,8 @@ def _complete_config(recipe: Recipe, spec: DatasetSpec, featurizer: Featurizer) 
         derived["in_features"] = int(spec.input_shape[0])
     if isinstance(featurizer, TextFeaturizer):
         derived["vocab_size"] = len(featurizer.vocab)
+    if isinstance(featurizer, PluginFeaturizer):
+        derived["in_features"] = int(np.prod(inputs.shape[1:]))
     config = {k: v for k, v in derived.items() if k in accepted}
     config.update({k: list(v) if isinstance(v, tuple) else v for k, v in recipe.model_config.items()})
     return config
@@ -307,19 +333,11 @@ def train_model(
     spec = spec or spec_of(data)
     start = time.perf_counter()
     data_digest = dataset_digest(data)
-    featurizer = featurizer_for(
-        spec,
-        fit_on=data,
-        **(
-            {"max_size": recipe.vocab_size, "min_freq": recipe.vocab_min_freq, "max_len": recipe.text_max_len}
-            if spec.kind == "text"
-            else {}
-        ),
-    )
+    featurizer = recipe_featurizer(recipe, spec, data)
     inputs, targets = to_tensors(data, featurizer)
     if int(targets.min()) < 0 or int(targets.max()) >= spec.num_classes:
         raise ValueError(f"labels outside 0..{spec.num_classes - 1} in the training data")
-    config = _complete_config(recipe, spec, featurizer)
+    config = _complete_config(recipe, spec, featurizer, inputs)
     device = resolve_device(recipe.device)
     n = len(targets)
     history: list[dict[str, float]] = []
@@ -382,16 +400,10 @@ def adopt_weights(
     :class:`WeightsMismatchError` naming the missing, unexpected or reshaped entries, or non-finite values.
     """
     spec = spec_of(data)
-    featurizer = featurizer_for(
-        spec,
-        fit_on=data,
-        **(
-            {"max_size": recipe.vocab_size, "min_freq": recipe.vocab_min_freq, "max_len": recipe.text_max_len}
-            if spec.kind == "text"
-            else {}
-        ),
+    featurizer = recipe_featurizer(recipe, spec, data)
+    config = _complete_config(
+        recipe, spec, featurizer, featurizer.encode(data.select(range(min(len(data), 2))))
     )
-    config = _complete_config(recipe, spec, featurizer)
     model = build_model(recipe.model, **config)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     given = {k: tuple(v.shape) for k, v in state_dict.items()}
