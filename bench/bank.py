@@ -48,9 +48,9 @@ from hamu.evaluation.bank import calibrated_losses, expected_forget_loss
 from hamu.evaluation.bank_report import bank_report, joint_lira_scores
 from hamu.governance.verdict import RunFacts, decide, forget_loss_target
 from hamu.models import model_digest
-from hamu.train import get_preset, train_model
+from hamu.train import train_model
 from hamu.train.bank import BankPlan, train_member
-from hamu.train.trainer import preset_data
+from hamu.workloads import get_workload
 
 
 def over_unlearn(model: nn.Module, forget: tuple[torch.Tensor, torch.Tensor], goal: float) -> nn.Module:
@@ -78,16 +78,17 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     set_threads(args.threads)
-    preset = get_preset(args.preset)
-    train, test = preset_data(preset)
+    workload = get_workload(args.preset)  # a built-in preset or one the project file names
+    train, test = workload.data()
     rng = np.random.default_rng(args.seed)
     manifest = record_ids(train)
     forget_ids = [manifest[i] for i in sorted(rng.choice(len(manifest), size=args.forget, replace=False))]
     split = split_by_ids(train, test, forget_ids)
-    recipe = preset.recipe
+    recipe = workload.recipe
     print(machine_line())
     print(
-        f"preset {preset.name}: sizes {split.sizes()}, bank of {args.models}, random forget set\n", flush=True
+        f"workload {workload.name}: sizes {split.sizes()}, bank of {args.models}, random forget set\n",
+        flush=True,
     )
 
     t0 = time.perf_counter()
@@ -273,7 +274,7 @@ def main() -> None:
         power_rows.append(row)
     print("\nPower (forget vs test rows):\n" + table(power_rows, list(power_rows[0])))
     path = write_json(
-        f"bank-{preset.name}.json",
+        f"bank-{workload.name}.json",
         {"machine": machine(), "args": vars(args), "agreement": rows_out, "cost": cost, "power": power},
     )
     print(f"\nraw results: {path}")

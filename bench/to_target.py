@@ -32,7 +32,8 @@ from hamu import ForgetTarget, UnlearnConfig, unlearn_to_target
 from hamu.controller import mean_loss
 from hamu.evaluation import EvaluationConfig, compute_per_example, evaluate_models
 from hamu.governance.verdict import RunFacts, decide, forget_loss_target
-from hamu.train import get_preset, preset_split, train_model
+from hamu.train import train_model
+from hamu.workloads import get_workload, workload_split
 
 
 def main() -> None:
@@ -46,16 +47,17 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     set_threads(args.threads)
-    preset = get_preset(args.preset)
-    split = preset_split(preset)
+    workload = get_workload(args.preset)  # a built-in preset or one the project file names
+    split = workload_split(workload)
     print(machine_line())
     print(
-        f"preset {preset.name}: sizes {split.sizes()}, hamu-q c≤{args.c} η0={args.lr}, batch {args.batch}\n"
+        f"workload {workload.name}: sizes {split.sizes()}, hamu-q c≤{args.c} η0={args.lr}, "
+        f"batch {args.batch}\n"
     )
-    epochs_list = [int(e) for e in args.epochs.split(",")] if args.epochs else [preset.recipe.epochs]
+    epochs_list = [int(e) for e in args.epochs.split(",")] if args.epochs else [workload.recipe.epochs]
     rows: list[dict[str, Any]] = []
     for epochs in epochs_list:
-        recipe = preset.recipe.with_options(epochs=epochs)
+        recipe = workload.recipe.with_options(epochs=epochs)
         original = train_model(split.train, recipe, spec=split.spec, progress=False)
         t0 = time.perf_counter()
         reference = train_model(split.retain, recipe, spec=split.spec, progress=False)
@@ -137,7 +139,7 @@ def main() -> None:
     cols = list(rows[0]) if rows else []
     print("\n" + table(rows, cols))
     path = write_json(
-        f"to_target-{preset.name}.json",
+        f"to_target-{workload.name}.json",
         {"machine": machine(), "args": vars(args), "sizes": split.sizes(), "band": band, "rows": rows},
     )
     print(f"\nwrote {path}")

@@ -36,7 +36,8 @@ from common import (
     write_json,
 )
 
-from hamu.train import get_preset, preset_split, train_model
+from hamu.train import train_model
+from hamu.workloads import get_workload, workload_split
 
 
 def main() -> None:
@@ -51,16 +52,16 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     set_threads(args.threads)
-    preset = get_preset(args.preset)
-    split = preset_split(preset)
+    workload = get_workload(args.preset)  # a built-in preset or one the project file names
+    split = workload_split(workload)
     print(machine_line())
     print(
-        f"preset {preset.name}: sizes {split.sizes()}, {args.method} c={args.c} η={args.lr}, "
+        f"workload {workload.name}: sizes {split.sizes()}, {args.method} c={args.c} η={args.lr}, "
         f"batch {args.batch}\n"
     )
     rows: list[dict[str, Any]] = []
     for epochs in [int(e) for e in args.epochs.split(",")]:
-        recipe = preset.recipe.with_options(epochs=epochs)
+        recipe = workload.recipe.with_options(epochs=epochs)
         t0 = time.perf_counter()
         original = train_model(split.train, recipe, spec=split.spec, progress=False)
         t_orig = time.perf_counter() - t0

@@ -28,6 +28,7 @@ from typing import Any
 
 from hamu.data.digest import record_ids
 from hamu.data.spec import spec_of
+from hamu.data.splits import Split
 from hamu.plugins import PROJECT_ENV as PROJECT_ENV
 from hamu.plugins import PluginImportError, import_target
 from hamu.plugins import project_file as _project_file
@@ -75,6 +76,24 @@ class Workload:
                 "the test set (the test rows must be non-members)"
             )
         return train, test
+
+
+def workload_split(workload: Workload, **overrides: Any) -> Split:
+    """The split a workload is measured on: a preset's own split options, else a ρ = 0.5 split around the
+    first class (seed 0), with ``overrides`` replacing any option (e.g. ``rho=1.0``, ``forget_class="b"``);
+    overriding ``strategy`` drops the default's options (``strategy="ids", forget_ids=[...]``)."""
+    from hamu.data.splits import make_split
+
+    train, test = workload.data()
+    if workload.name in PRESETS:
+        options: dict[str, Any] = dict(PRESETS[workload.name].split)
+    else:
+        options = {"strategy": "rho", "rho": 0.5, "forget_class": 0, "seed": 0}
+    if overrides.get("strategy", options["strategy"]) != options["strategy"]:
+        options = {}  # another strategy: the default's options (ρ, class) do not apply to it
+    options.update(overrides)
+    strategy = str(options.pop("strategy"))
+    return make_split(strategy, train, test, **options)
 
 
 def preset_workload(name: str) -> Workload:

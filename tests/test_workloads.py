@@ -219,3 +219,19 @@ def test_hamu_hardness_assesses_a_project_workload(monkeypatch: pytest.MonkeyPat
     assert "hardness: patients" in result.output and "verdict" in result.output
     unknown = CliRunner().invoke(app, ["hardness", "--preset", "no-such-workload"])
     assert unknown.exit_code == 2 and "unknown workload 'no-such-workload'" in unknown.output
+
+
+def test_a_workload_split_is_the_preset_split_or_a_rho_split_around_the_first_class(project: Path) -> None:
+    """Benchmarks and ``hamu hardness`` measure any workload on one rule: a preset keeps its own split, a
+    project's workload gets ρ = 0.5 around its first class; overrides replace either."""
+    from hamu.train import preset_split
+    from hamu.workloads import workload_split
+
+    preset = workload_split(get_workload("fashion-mnist-cpu"))
+    assert preset.describe() == preset_split("fashion-mnist-cpu").describe()
+    # "good" has one class only: the default ρ = 0.5 needs as many rows of other classes, and says so
+    with pytest.raises(ValueError, match="need 20 records from other classes"):
+        workload_split(get_workload("good"))
+    ids = [f"row-{i:04d}" for i in range(5)]
+    chosen = workload_split(get_workload("good"), strategy="ids", forget_ids=ids)
+    assert sorted(chosen.forget["record_id"]) == ids and len(chosen.retain) == 35

@@ -297,17 +297,12 @@ def hardness(
 def rho_split(workload: Any, rho: float, forget_class: str | None) -> Any:
     """The workload's ρ-split: a preset's own split options, else the first class, with ``rho`` (and
     ``forget_class``, a class name) overriding them."""
-    from hamu.data.splits import make_split
-    from hamu.train.recipe import PRESETS
+    from hamu.workloads import workload_split
 
-    train, test = workload.data()
-    options: dict[str, Any] = dict(PRESETS[workload.name].split) if workload.name in PRESETS else {}
-    options = {"seed": 0, **options, "strategy": "rho", "rho": rho}
+    overrides: dict[str, Any] = {"strategy": "rho", "rho": rho}
     if forget_class is not None:
-        options["forget_class"] = forget_class  # a class name (the spec maps it to its index)
-    options.setdefault("forget_class", 0)
-    strategy = str(options.pop("strategy"))
-    return make_split(strategy, train, test, **options)
+        overrides["forget_class"] = forget_class  # a class name (the spec maps it to its index)
+    return workload_split(workload, **overrides)
 
 
 # -------------------------------------------------------------------------------------------------- audit
