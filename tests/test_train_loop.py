@@ -277,25 +277,22 @@ def test_a_loss_that_cannot_serve_is_refused_by_name(project: Path, loss: str, m
         train_model(_table(), _recipe(None, loss=loss), progress=False)
 
 
-def test_hamu_init_with_a_failing_loop_names_the_workload_and_registers_nothing(
-    project: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_hamu_init_with_a_failing_loop_names_the_workload_and_registers_nothing(project: Path) -> None:
+    import mlflow
+    from conftest import pipeline_home
     from mlflow.tracking import MlflowClient
 
     from hamu_pipeline.flows.cli import app
 
-    monkeypatch.setenv("HAMU_HOME", str(project / "home"))
-    result = CliRunner().invoke(app, ["init", "--preset", "loop-raises"])
-    output = " ".join(result.output.split())
-    assert result.exit_code == 1, output
-    assert "workload 'loop-raises'" in output and "out of GPU memory on node 7" in output
-    import mlflow
-
-    assert str(project / "home") in mlflow.get_tracking_uri()  # the registry the CLI used, not a default
-    client = MlflowClient()
-    assert client.search_model_versions("name='hamu-loop-raises'") == []
-    ledger = project / "home" / "audit" / "ledger.jsonl"
-    assert not ledger.exists() or "train-original" not in ledger.read_text()
+    with pipeline_home(project / "home") as home:
+        result = CliRunner().invoke(app, ["init", "--preset", "loop-raises"])
+        output = " ".join(result.output.split())
+        assert result.exit_code == 1, output
+        assert "workload 'loop-raises'" in output and "out of GPU memory on node 7" in output
+        assert str(home) in mlflow.get_tracking_uri()  # the registry the CLI used, not another test's
+        assert MlflowClient().search_model_versions("name='hamu-loop-raises'") == []
+        ledger = home / "audit" / "ledger.jsonl"
+        assert not ledger.exists() or "train-original" not in ledger.read_text()
 
 
 # ------------------------------------------------------------------------------ the recipe's featurizer

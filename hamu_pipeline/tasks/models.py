@@ -16,6 +16,7 @@ from typing import Any
 
 import mlflow
 import torch
+import torch.nn.functional as F
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from prefect import task
@@ -85,8 +86,10 @@ class ServedModel:
 
 def objective(champion: ServedModel) -> LossFn:
     """The loss the champion was trained with (its recipe's; cross-entropy by default): what unlearning
-    differentiates and the hardness assessment measures gradients of."""
-    return recipe_loss(Recipe.from_dict(champion.metadata["recipe"]))
+    differentiates and the hardness assessment measures gradients of. A model whose metadata names no recipe
+    declares no loss of its own: cross-entropy."""
+    recipe = champion.metadata.get("recipe")
+    return recipe_loss(Recipe.from_dict(recipe)) if recipe is not None else F.cross_entropy
 
 
 def load_preset_data(preset: str) -> PresetData:
