@@ -110,7 +110,7 @@ def main() -> None:
     print(
         f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, device cpu, "
-        f"python {platform.python_version()}"
+        f"python {platform.python_version()}, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}"
     )
     print(
         f"batch {args.batch}+{args.batch}, median of {args.steps} steps per method taken in adjacent "
