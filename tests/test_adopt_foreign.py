@@ -79,12 +79,22 @@ def test_foreign_versions_that_cannot_serve_are_refused(home: Path, trained: nn.
         (_log_foreign(blank), ["--train-seconds", "5"], "no better than the majority class"),
         (_log_foreign(trained), [], "give --train-seconds"),
     ]
+    from mlflow import MlflowClient
+
+    served = _log_foreign(trained)
     before = _state(home)
     for version, extra, why in cases:
         result = _hamu("init", "--preset", PRESET, "--from-version", version, *extra)
         assert result.exit_code == 1, result.output
         assert why in " ".join(result.output.split()), result.output
         assert _state(home) == before
+    # The team serves a version: converting would set a served version aside, so nothing is converted.
+    MlflowClient().set_registered_model_alias(NAME, "production", served)
+    before = _state(home)
+    held = _hamu("init", "--preset", PRESET, "--from-version", served, "--train-seconds", "5")
+    assert held.exit_code == 1 and f"production → version {served}" in " ".join(held.output.split())
+    assert _state(home) == before
+    MlflowClient().delete_registered_model_alias(NAME, "production")
 
 
 def test_a_foreign_version_is_converted_into_a_verified_champion(home: Path, trained: nn.Module) -> None:

@@ -114,6 +114,19 @@ class Squares:
         return {"scale": self.scale}
 
 
+class BadState(Squares):
+    def to_config(self):
+        return {"scale": object()}
+
+
+def weighted3(logits, targets):
+    return nn.functional.cross_entropy(logits, targets, weight=torch.tensor([1.0, 2.0, 3.0]))
+
+
+def double_model(model, inputs, targets, *, seed, recipe):
+    return model.double()
+
+
 class FitRaises(Squares):
     @classmethod
     def fit(cls, ds):
@@ -218,6 +231,7 @@ def test_bank_members_are_trained_by_the_loop_with_their_own_seed(project: Path)
         ("proj_loops:other_architecture", "does not match 'mlp'"),
         ("proj_loops:not_a_model", "returned dict, not a torch module"),
         ("proj_loops:nan_weights", "left non-finite values"),
+        ("proj_loops:double_model", "other shapes or dtypes"),
     ],
 )
 def test_a_loop_that_cannot_serve_is_refused_by_name(project: Path, loop: str, message: str) -> None:
@@ -292,7 +306,7 @@ def test_hamu_init_with_a_failing_loop_names_the_workload_and_registers_nothing(
         assert str(home) in mlflow.get_tracking_uri()  # the registry the CLI used, not another test's
         assert MlflowClient().search_model_versions("name='hamu-loop-raises'") == []
         ledger = home / "audit" / "ledger.jsonl"
-        assert not ledger.exists() or "train-original" not in ledger.read_text()
+        assert not ledger.exists() or "register-original" not in ledger.read_text()
 
 
 # ------------------------------------------------------------------------------ the recipe's featurizer
@@ -323,6 +337,7 @@ def test_a_project_featurizer_is_fitted_saved_and_rebuilt(project: Path, tmp_pat
         ("no_such_module:F", "cannot import 'no_such_module'"),
         ("proj_loops:FitRaises", "fit raised: feature store unreachable"),
         ("proj_loops:NoFromConfig", "has no from_config"),
+        ("proj_loops:BadState", "to_config must return JSON values"),
     ],
 )
 def test_a_featurizer_that_cannot_serve_is_refused_by_name(project: Path, factory: str, message: str) -> None:
@@ -331,3 +346,15 @@ def test_a_featurizer_that_cannot_serve_is_refused_by_name(project: Path, factor
     with pytest.raises(FeaturizerPluginError) as info:
         train_model(_table(), _recipe(None, featurizer=factory), progress=False)
     assert message in str(info.value) and factory in str(info.value)
+
+
+def test_a_loss_is_checked_at_the_model_width_and_before_any_loop(project: Path) -> None:
+    """A loss with one weight per class passes at its width (three classes) and fails at another; a recipe
+    with its own loop still has its loss checked before the loop runs."""
+    recipe = _recipe(None, loss="proj_loops:weighted3")
+    assert recipe_loss(recipe, 3) is sys.modules["proj_loops"].weighted3
+    with pytest.raises(LossError, match="fails on a batch of two rows"):
+        recipe_loss(recipe, 2)
+    with pytest.raises(LossError, match="proj_loops:loss_raises"):
+        train_model(_table(), _recipe("proj_loops:constant", loss="proj_loops:loss_raises"), progress=False)
+    assert sys.modules["proj_loops"].CALLS == []  # the loop never ran

@@ -183,6 +183,8 @@ class HamuTransform:
             )
         if not math.isfinite(lr) or lr <= 0:
             raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
+        # Python floats: a numpy float64 would promote the host path's float32 scalars to float64.
+        lr, scale = float(lr), float(scale)
         cfg = self.config
         out_dtype = torch.promote_types(retain.dtype, forget.dtype)
         # Half-precision gradients are exact in float32: work there (no-op copies for float32/float64).
@@ -193,7 +195,7 @@ class HamuTransform:
         host = on_host(retain) and layout.scalars_on_host(retain)
         xp = namespace(host)
         retain_sq, forget_sq, kappa = to_arrays(host, *gram)
-        B = cfg.total_constraint(lr)
+        B = float(cfg.total_constraint(lr))
         eff_sq = forget_sq if cfg.variant == "hamu-u" else retain_sq
         eff_total = eff_sq.sum()
 
@@ -282,7 +284,7 @@ class HamuTransform:
         if self.config.radius is None:
             return lr * xp.sqrt(eff_sq)
         share = eff_sq / xp.where(eff_total > 0, eff_total, xp.ones_like(eff_total))
-        return self.config.radius * xp.sqrt(share)
+        return float(self.config.radius) * xp.sqrt(share)
 
     def _split_constraint(
         self,

@@ -11,6 +11,7 @@ inner apostrophe), ``#hashtags`` and ``@mentions`` are tokens, any other non-spa
 
 from __future__ import annotations
 
+import json
 import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -190,7 +191,15 @@ class PluginFeaturizer:
 
     @classmethod
     def fit(cls, factory: str, ds: Any) -> PluginFeaturizer:
-        return cls(factory, _plugin_call(factory, "fit", ds))
+        """Fitted on ``ds``, and its state checked to survive a checkpoint (JSON) before any training."""
+        fitted = cls(factory, _plugin_call(factory, "fit", ds))
+        try:
+            json.dumps(fitted.to_config())
+        except Exception as exc:
+            raise FeaturizerPluginError(
+                f"featurizer {factory!r}: to_config must return JSON values (for the checkpoint): {exc}"
+            ) from exc
+        return fitted
 
     @classmethod
     def from_state(cls, factory: str, state: dict[str, Any]) -> PluginFeaturizer:
@@ -201,7 +210,7 @@ class PluginFeaturizer:
             encoded = self.inner.encode(ds)
         except Exception as exc:
             raise FeaturizerPluginError(f"featurizer {self.factory!r}: encode raised: {exc}") from exc
-        if not isinstance(encoded, torch.Tensor) or len(encoded) != len(ds):
+        if not isinstance(encoded, torch.Tensor) or encoded.dim() < 1 or len(encoded) != len(ds):
             raise FeaturizerPluginError(
                 f"featurizer {self.factory!r}: encode must return a tensor with one row per input row"
             )

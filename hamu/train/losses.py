@@ -22,8 +22,11 @@ class LossError(ValueError):
     """A recipe's loss cannot be used; the message names it."""
 
 
-def recipe_loss(recipe: Recipe) -> LossFn:
-    """The recipe's objective ``loss(logits, targets) -> scalar``: ``F.cross_entropy`` unless it names one."""
+def recipe_loss(recipe: Recipe, num_classes: int = 2) -> LossFn:
+    """The recipe's objective ``loss(logits, targets) -> scalar``: ``F.cross_entropy`` unless it names one.
+
+    The check batch has ``num_classes`` columns (the model's output width: a loss with class weights needs
+    it) and two rows."""
     if recipe.loss is None:
         return F.cross_entropy
     name = recipe.loss
@@ -33,9 +36,10 @@ def recipe_loss(recipe: Recipe) -> LossFn:
         raise LossError(f"loss {name!r}: {exc}") from exc
     if not callable(found):
         raise LossError(f"loss {name!r} is {type(found).__name__}, not a function")
-    logits = torch.zeros(2, 2, requires_grad=True)
+    width = max(int(num_classes), 2)
+    logits = torch.zeros(2, width, requires_grad=True)
     try:
-        value = found(logits, torch.tensor([0, 1]))
+        value = found(logits, torch.tensor([0, width - 1]))
     except Exception as exc:
         raise LossError(f"loss {name!r} fails on a batch of two rows: {exc}") from exc
     if not isinstance(value, torch.Tensor) or value.dim() != 0 or not value.requires_grad:

@@ -218,10 +218,11 @@ def _builtin_loop(
     *,
     role: str,
     progress: bool,
+    num_classes: int,
 ) -> list[dict[str, float]]:
     """The recipe's own loop: its optimizer and schedule, its loss (cross-entropy by default), seeded batch
     order."""
-    loss_fn = recipe_loss(recipe)
+    loss_fn = recipe_loss(recipe, num_classes)
     n = len(targets)
     steps_per_epoch = math.ceil(n / recipe.batch_size)
     total_steps = steps_per_epoch * recipe.epochs
@@ -288,7 +289,7 @@ def _run_train_loop(
         raise TrainingLoopError(f"training loop {name!r}: {exc}") from exc
     if not callable(loop):
         raise TrainingLoopError(f"training loop {name!r} is {type(loop).__name__}, not a function")
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    expected = {k: (tuple(v.shape), v.dtype) for k, v in model.state_dict().items()}
     model.train()
     try:
         returned = loop(model, inputs, targets, seed=recipe.seed, recipe=recipe)
@@ -299,13 +300,13 @@ def _run_train_loop(
         raise TrainingLoopError(
             f"training loop {name!r} returned {type(trained).__name__}, not a torch module (or None)"
         )
-    got = {k: tuple(v.shape) for k, v in trained.state_dict().items()}
+    got = {k: (tuple(v.shape), v.dtype) for k, v in trained.state_dict().items()}
     if got != expected:
         missing = sorted(set(expected) - set(got))[:3]
         extra = sorted(set(got) - set(expected))[:3]
         raise TrainingLoopError(
             f"training loop {name!r} returned a model whose state dict does not match {recipe.model!r} "
-            f"(missing {missing}, unexpected {extra}, or other shapes)"
+            f"(missing {missing}, unexpected {extra}, or other shapes or dtypes)"
         )
     for key, value in trained.state_dict().items():
         if value.is_floating_point() and not bool(torch.isfinite(value).all()):
@@ -331,6 +332,8 @@ def train_model(
     if len(data) == 0:
         raise ValueError("cannot train on an empty dataset")
     spec = spec or spec_of(data)
+    # The recipe's loss is checked before any training, whichever loop runs: unlearning differentiates it.
+    recipe_loss(recipe, spec.num_classes)
     start = time.perf_counter()
     data_digest = dataset_digest(data)
     featurizer = recipe_featurizer(recipe, spec, data)
@@ -348,7 +351,16 @@ def train_model(
         if recipe.train_loop is not None:
             model = _run_train_loop(recipe, model, inputs, targets, role)
         else:
-            history = _builtin_loop(recipe, model, inputs, targets, device, role=role, progress=progress)
+            history = _builtin_loop(
+                recipe,
+                model,
+                inputs,
+                targets,
+                device,
+                role=role,
+                progress=progress,
+                num_classes=spec.num_classes,
+            )
     model.eval()
     train_seconds = time.perf_counter() - start
     metrics: dict[str, Any] = {"train": evaluate_model(model, data, featurizer)}

@@ -36,7 +36,7 @@ def init(
     """Create the first champion: train the preset's original, or adopt an existing registered version."""
     paths = configure_environment()
     from hamu.workloads import WorkloadError, get_workload
-    from hamu_pipeline.tasks.adoption import AdoptionRefused, adopt_version
+    from hamu_pipeline.tasks.adoption import AdoptionIncomplete, AdoptionRefused, adopt_version
     from hamu_pipeline.tasks.models import load_preset_data
     from hamu_pipeline.tasks.tracking import alias_version, ensure_experiment
 
@@ -56,7 +56,7 @@ def init(
 
         try:
             trained = train_original(preset=preset, model_name=name)
-        except RuntimeError as exc:
+        except (RuntimeError, ValueError) as exc:  # a loop, loss or featurizer the workload names, too
             err.print(f"[red]init refused[/red]: {exc}")
             raise typer.Exit(1) from None
         out.print(f"{name}: trained the original, version {trained['version']} is champion")
@@ -65,6 +65,9 @@ def init(
         served = adopt_version(
             paths, load_preset_data(preset), name, from_version, train_seconds=train_seconds
         )
+    except AdoptionIncomplete as exc:
+        err.print(f"[red]adoption incomplete[/red]: {exc}")
+        raise typer.Exit(1) from None
     except (AdoptionRefused, RuntimeError) as exc:
         err.print(f"[red]adoption refused[/red]: {exc}; nothing was changed")
         raise typer.Exit(1) from None

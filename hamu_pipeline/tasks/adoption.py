@@ -54,6 +54,10 @@ class AdoptionRefused(ValueError):
     """The version cannot start this preset's lineage; the message says which check it failed."""
 
 
+class AdoptionIncomplete(RuntimeError):
+    """A converted version was registered but did not become champion; the message names it."""
+
+
 def adopt_version(
     paths: StatePaths, data: PresetData, name: str, version: str, *, train_seconds: float | None = None
 ) -> ServedModel:
@@ -73,10 +77,17 @@ def adopt_version(
         refuse_if_erasures(paths, data, f"adopt {name} version {version}")
         try:
             mv = MlflowClient().get_model_version(name, version)
-            if not checkpoint_present(mv):
-                converted = _convert_foreign(data, name, version, train_seconds)
-                _refuse_other_aliases(name, version)
-                return _register_converted(paths, data, name, version, converted)
+            foreign = not checkpoint_present(mv)
+        except MlflowException as exc:
+            raise AdoptionRefused(
+                f"{name} version {version} cannot be read from the registry: {exc}"
+            ) from exc
+        if foreign:
+            # Every check before anything is written; a failure after registration is not a refusal.
+            _refuse_other_aliases(name, adopted=None)
+            converted = _convert_foreign(data, name, version, train_seconds)
+            return _register_converted(paths, data, name, version, converted)
+        try:
             served = load_version(name, version)
         except MlflowException as exc:
             raise AdoptionRefused(
@@ -172,6 +183,20 @@ def _register_converted(
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     version = str(new.version)
+    try:
+        return _make_converted_champion(paths, data, name, foreign, version, converted)
+    except Exception as exc:
+        raise AdoptionIncomplete(
+            f"{name} version {foreign} was converted and registered as version {version}, but making it "
+            f"champion failed: {exc}. Check version {version}'s tags and the champion alias before retrying"
+        ) from exc
+
+
+def _make_converted_champion(
+    paths: StatePaths, data: PresetData, name: str, foreign: str, version: str, converted: TrainedModel
+) -> ServedModel:
+    preset = data.preset
+    digest = str(converted.metadata["data_digest"])
     _set_aside_other_versions(paths, name, version)
     record = record_original(
         paths,
@@ -191,9 +216,10 @@ def _register_converted(
     return load_version(name, version)
 
 
-def _refuse_other_aliases(name: str, adopted: str) -> None:
+def _refuse_other_aliases(name: str, adopted: str | None) -> None:
     """Another version an alias serves cannot be set aside: verification would find a served version the
-    ledger never registered. The operator moves or deletes that alias first."""
+    ledger never registered. The operator moves or deletes that alias first. ``adopted=None`` (conversion:
+    the adopted version itself is set aside too) refuses every alias."""
     aliases = MlflowClient().get_registered_model(name).aliases or {}
     held = sorted(
         f"{alias} → version {number}" for alias, number in aliases.items() if str(number) != adopted

@@ -85,11 +85,14 @@ class ServedModel:
 
 
 def objective(champion: ServedModel) -> LossFn:
-    """The loss the champion was trained with (its recipe's; cross-entropy by default): what unlearning
-    differentiates and the hardness assessment measures gradients of. A model whose metadata names no recipe
-    declares no loss of its own: cross-entropy."""
+    """The loss the champion's recipe names (cross-entropy by default): what unlearning differentiates and
+    the hardness assessment measures gradients of. A recipe's ``train_loop`` may minimise something else
+    inside; only ``recipe.loss`` is visible here, so a workload with its own loop names its loss too. A
+    model whose metadata names no recipe declares no loss of its own: cross-entropy."""
     recipe = champion.metadata.get("recipe")
-    return recipe_loss(Recipe.from_dict(recipe)) if recipe is not None else F.cross_entropy
+    if recipe is None:
+        return F.cross_entropy
+    return recipe_loss(Recipe.from_dict(recipe), len(champion.metadata.get("class_names", ())))
 
 
 def load_preset_data(preset: str) -> PresetData:
