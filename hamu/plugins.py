@@ -77,3 +77,11 @@ def import_target(target: str, *, folder: Path | None = None) -> Any:
     if not hasattr(module, attribute):
         raise PluginImportError(f"module {module_name!r} has no attribute {attribute!r}")
     return getattr(module, attribute)
+
+
+def import_function(target: str, *, folder: Path | None = None) -> Any:
+    """:func:`import_target`, refused unless what it names can be called (a function or a class)."""
+    found = import_target(target, folder=folder)
+    if not callable(found):
+        raise PluginImportError(f"{target!r} is {type(found).__name__}, not a function")
+    return found

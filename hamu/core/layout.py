@@ -83,17 +83,12 @@ class FlatLayout:
         ends = list(itertools.accumulate(self.sizes))
         return list(zip([0, *ends[:-1]], ends, strict=True))
 
-    def _host(self, *values: torch.Tensor) -> bool:
-        """The per-view path with numpy: CPU buffers of one float dtype numpy shares (see
-        :mod:`hamu.core.arrays`). Numpy's call overhead on a view is a third of torch's, which is most of
-        a per-view operation's cost at the sizes of a model's tensors."""
+    def on_host(self, *values: torch.Tensor) -> bool:
+        """The CPU path with numpy: the per-view strategy and CPU buffers of one float dtype numpy shares
+        (see :mod:`hamu.core.arrays`). The per-view loops take it (numpy's call overhead on a view is a third
+        of torch's, most of an operation's cost at a model's tensor sizes), and so do the transform's
+        scalars: the fused strategy keeps the accelerator's torch path, so a CPU-only test exercises both."""
         return self._use_views(values[0]) and on_host(*values)
-
-    def scalars_on_host(self, values: torch.Tensor) -> bool:
-        """Whether the per-segment scalars of ``values`` belong on the host (the CPU path; see
-        :mod:`hamu.core.arrays`): the same choice as the per-view primitives, so the fused strategy keeps
-        the accelerator's torch scalars and a CPU-only test can exercise both."""
-        return self._use_views(values) and values.device.type == "cpu"
 
     def segment_sum(self, values: torch.Tensor) -> torch.Tensor:
         """Sum of ``values`` over each segment (one entry per tensor)."""
@@ -118,7 +113,7 @@ class FlatLayout:
         Why one call: the transform needs all three every step; on the CPU path one loop over the views
         needs one split per operand and one stack instead of three of each.
         """
-        if self._host(a, b):
+        if self.on_host(a, b):
             x, y = a.numpy(), b.numpy()
             host = np.array([_gram3(x[s:e], y[s:e]) for s, e in self.bounds], dtype=x.dtype)
             return torch.from_numpy(host[:, 0]), torch.from_numpy(host[:, 1]), torch.from_numpy(host[:, 2])
@@ -137,7 +132,7 @@ class FlatLayout:
         Why from the vectors: for nearly colinear a and b the scalar formula cancels catastrophically. The
         CPU path forms each residual on its own view instead of concatenating a full-size buffer first.
         """
-        if self._host(a, coef, b):
+        if self.on_host(a, coef, b):
             x, k, y = a.numpy(), coef.numpy(), b.numpy()
             return torch.from_numpy(
                 np.array([_sq(x[s:e] - k[i] * y[s:e]) for i, (s, e) in enumerate(self.bounds)], dtype=x.dtype)
@@ -167,7 +162,7 @@ class FlatLayout:
 
     def combine(self, a: torch.Tensor, x: torch.Tensor, b: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Per segment ``a_s·x_s + b_s·y_s`` (the HAMU update from its two coefficients per tensor)."""
-        if self._host(a, x, b, y):
+        if self.on_host(a, x, b, y):
             ka, xs, kb, ys = a.numpy(), x.numpy(), b.numpy(), y.numpy()
             out = np.empty_like(xs)
             for i, (s, e) in enumerate(self.bounds):

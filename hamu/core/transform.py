@@ -45,7 +45,7 @@ from typing import Any, Literal
 
 import torch
 
-from hamu.core.arrays import clamp0, namespace, nan_to_zero, on_host, to_arrays, to_tensor
+from hamu.core.arrays import clamp0, namespace, nan_to_zero, to_arrays, to_tensor
 from hamu.core.layout import FlatLayout
 from hamu.core.solver import (
     VARIANTS,
@@ -192,7 +192,7 @@ class HamuTransform:
         retain, forget = retain.to(work), forget.to(work)
         gram = layout.segment_gram(retain, forget)
         # The per-block scalars: numpy on the host, torch on an accelerator (see hamu.core.arrays).
-        host = on_host(retain) and layout.scalars_on_host(retain)
+        host = layout.on_host(retain)
         xp = namespace(host)
         retain_sq, forget_sq, kappa = to_arrays(host, *gram)
         B = float(cfg.total_constraint(lr))

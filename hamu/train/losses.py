@@ -12,7 +12,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from hamu.plugins import PluginImportError, import_target
+from hamu.plugins import PluginImportError, import_function
 from hamu.train.recipe import Recipe
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -31,11 +31,9 @@ def recipe_loss(recipe: Recipe, num_classes: int = 2) -> LossFn:
         return F.cross_entropy
     name = recipe.loss
     try:
-        found = import_target(name)
+        found = import_function(name)
     except PluginImportError as exc:
         raise LossError(f"loss {name!r}: {exc}") from exc
-    if not callable(found):
-        raise LossError(f"loss {name!r} is {type(found).__name__}, not a function")
     width = max(int(num_classes), 2)
     logits = torch.zeros(2, width, requires_grad=True)
     try:

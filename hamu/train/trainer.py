@@ -41,7 +41,7 @@ from hamu.data.tensors import (
 from hamu.device import resolve_device
 from hamu.models.checkpoint import save_checkpoint
 from hamu.models.registry import MODELS, build_model
-from hamu.plugins import PluginImportError, import_target
+from hamu.plugins import PluginImportError, import_function
 from hamu.train.losses import recipe_loss
 from hamu.train.recipe import Preset, Recipe, get_preset
 from hamu.unlearner import eval_mode
@@ -284,11 +284,9 @@ def _run_train_loop(
     name = recipe.train_loop
     assert name is not None
     try:
-        loop = import_target(name)
+        loop = import_function(name)
     except PluginImportError as exc:
         raise TrainingLoopError(f"training loop {name!r}: {exc}") from exc
-    if not callable(loop):
-        raise TrainingLoopError(f"training loop {name!r} is {type(loop).__name__}, not a function")
     expected = {k: (tuple(v.shape), v.dtype) for k, v in model.state_dict().items()}
     model.train()
     try:
@@ -342,7 +340,6 @@ def train_model(
         raise ValueError(f"labels outside 0..{spec.num_classes - 1} in the training data")
     config = _complete_config(recipe, spec, featurizer, inputs)
     device = resolve_device(recipe.device)
-    n = len(targets)
     history: list[dict[str, float]] = []
     cuda_devices = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=cuda_devices):
@@ -363,10 +360,48 @@ def train_model(
             )
     model.eval()
     train_seconds = time.perf_counter() - start
+    metadata = _model_metadata(
+        model,
+        data,
+        recipe,
+        spec,
+        featurizer,
+        config,
+        role=role,
+        data_digest=data_digest,
+        eval_sets=eval_sets,
+        history=history,
+    )
+    metadata.update(
+        {
+            "train_seconds": round(train_seconds, 3),
+            "torch_threads": torch.get_num_threads(),
+            "device": str(device),
+        }
+    )
+    metadata.update(dict(extra_metadata or {}))
+    return TrainedModel(model=model, featurizer=featurizer, metadata=metadata)
+
+
+def _model_metadata(
+    model: nn.Module,
+    data: Any,
+    recipe: Recipe,
+    spec: DatasetSpec,
+    featurizer: Featurizer,
+    config: Mapping[str, Any],
+    *,
+    role: str,
+    data_digest: str,
+    eval_sets: Mapping[str, Any] | None,
+    history: list[dict[str, float]],
+) -> dict[str, Any]:
+    """What a checkpoint records of a model and the data it stands for, and its metrics on ``data`` and
+    ``eval_sets``: one schema for a model hamu trained and one it adopted."""
     metrics: dict[str, Any] = {"train": evaluate_model(model, data, featurizer)}
     for name, ds in (eval_sets or {}).items():
         metrics[name] = evaluate_model(model, ds, featurizer)
-    metadata: dict[str, Any] = {
+    return {
         "metadata_version": METADATA_VERSION,
         "architecture": recipe.model,
         "config": config,
@@ -374,19 +409,14 @@ def train_model(
         "role": role,
         "dataset": spec.name,
         "data_digest": data_digest,
-        "data_size": n,
+        "data_size": len(data),
         "class_names": list(spec.class_names),
         "recipe": recipe.to_dict(),
         "featurizer": featurizer.to_config(),
         "metrics": metrics,
         "history": history,
-        "train_seconds": round(train_seconds, 3),
         "torch_version": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "device": str(device),
     }
-    metadata.update(dict(extra_metadata or {}))
-    return TrainedModel(model=model, featurizer=featurizer, metadata=metadata)
 
 
 class WeightsMismatchError(ValueError):
@@ -432,25 +462,18 @@ def adopt_weights(
         raise WeightsMismatchError(f"the weights hold NaN or Inf in {bad[:3]}")
     model.load_state_dict(dict(state_dict), strict=True)
     model.eval()
-    metrics: dict[str, Any] = {"train": evaluate_model(model, data, featurizer)}
-    for name, ds in (eval_sets or {}).items():
-        metrics[name] = evaluate_model(model, ds, featurizer)
-    metadata: dict[str, Any] = {
-        "metadata_version": METADATA_VERSION,
-        "architecture": recipe.model,
-        "config": config,
-        "seed": recipe.seed,
-        "role": role,
-        "dataset": spec.name,
-        "data_digest": dataset_digest(data),
-        "data_size": len(data),
-        "class_names": list(spec.class_names),
-        "recipe": recipe.to_dict(),
-        "featurizer": featurizer.to_config(),
-        "metrics": metrics,
-        "history": [],
-        "torch_version": torch.__version__,
-    }
+    metadata = _model_metadata(
+        model,
+        data,
+        recipe,
+        spec,
+        featurizer,
+        config,
+        role=role,
+        data_digest=dataset_digest(data),
+        eval_sets=eval_sets,
+        history=[],
+    )
     metadata.update(dict(extra_metadata or {}))
     return TrainedModel(model=model, featurizer=featurizer, metadata=metadata)
 
