@@ -457,18 +457,23 @@ class Unlearner:
         for key in ("retain_loss", "forget_loss", "retain_norm", "forget_norm"):
             value = getattr(paired, key)
             if value is not None:
-                scalars[key] = value.float()
-        scalars["update_finite"] = torch.isfinite(out.grad).all().float()
+                scalars[key] = value
+        scalars["update_finite"] = torch.isfinite(out.grad).all()
         if out.stop_infeasible is not None:
-            scalars["stop_infeasible"] = out.stop_infeasible.float()
+            scalars["stop_infeasible"] = out.stop_infeasible
         if out.degradation is not None:
-            scalars["degradation"] = out.degradation.float()
+            scalars["degradation"] = out.degradation
         per_tensor = out.diagnostics.get("kappa_per_tensor")
         for key, value in out.diagnostics.items():
             if key != "kappa_per_tensor":
-                scalars[f"d:{key}"] = value.float()
+                scalars[f"d:{key}"] = value
         keys = list(scalars)
-        packed = torch.stack([scalars[k].reshape(()) for k in keys])
+        # One stack for the whole step (it promotes bools and counts); a reshape per value only when some
+        # value is not 0-d. Every call here runs once per step, so the count of calls is the cost.
+        items = list(scalars.values())
+        if any(v.dim() != 0 for v in items):
+            items = [v.reshape(()) for v in items]
+        packed = torch.stack(items).float()
         if per_tensor is not None:
             packed = torch.cat([packed, per_tensor.float()])
         values = packed.tolist()  # the step's single host synchronisation

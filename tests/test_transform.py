@@ -17,9 +17,10 @@ import numpy as np
 import pytest
 import torch
 
+from hamu.core.arrays import to_tensor, to_tensors
 from hamu.core.layout import FlatLayout
-from hamu.core.solver import BRANCH_LABELS, solve_block
-from hamu.core.transform import HamuConfig, HamuTransform
+from hamu.core.solver import BRANCH_LABELS, Branch, solve_block
+from hamu.core.transform import HamuConfig, HamuTransform, count_branches
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -787,3 +788,29 @@ def test_no_host_synchronisation_on_cuda(variant: str, split: str, mode: str, dt
     for key, value in ref.diagnostics.items():
         if key.startswith("branch_"):
             assert int(out.diagnostics[key]) == int(value), key
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_branch_counts_agree_for_host_and_device_codes(seed: int) -> None:
+    """numpy's bincount (host codes) and the comparison-and-sum (device codes) both count like Python does,
+    including branches that never occur."""
+    rng = np.random.default_rng(300 + seed)
+    codes = rng.integers(0, len(Branch) - seed % 3, size=int(rng.integers(1, 40))).astype(np.int8)
+    want = [sum(1 for c in codes.tolist() if c == int(b)) for b in Branch]
+    host, device = count_branches(codes), count_branches(torch.from_numpy(codes))
+    assert host.tolist() == want == device.tolist()
+    assert host.dtype == device.dtype == torch.int64
+
+
+def test_to_tensors_converts_host_arrays_once_and_passes_tensors_through() -> None:
+    rng = np.random.default_rng(7)
+    arrays = [rng.standard_normal(5).astype(np.float32) for _ in range(4)]
+    for got, array in zip(to_tensors(*arrays), arrays, strict=True):
+        assert torch.equal(got, to_tensor(array))
+    scalars = to_tensors(np.float64(1.5), np.float64(-2.0))
+    assert [s.dim() for s in scalars] == [0, 0]
+    assert scalars[1].dtype == torch.float64 and scalars[1].item() == -2.0
+    flags = to_tensors(np.bool_(True), np.bool_(False))
+    assert flags[0].dtype == torch.bool and flags[0].item() and not flags[1].item()
+    tensor = torch.ones(3)
+    assert to_tensors(tensor, tensor)[0] is tensor

@@ -48,6 +48,20 @@ def to_tensor(value: Any) -> torch.Tensor:
     return value if isinstance(value, torch.Tensor) else torch.as_tensor(np.asarray(value))
 
 
+def to_tensors(*values: Any) -> tuple[torch.Tensor, ...]:
+    """Several arrays of one shape and dtype as tensors. On the host one conversion serves them all
+    (stacked, then unbound into views): a conversion costs about as much as the arithmetic that made the
+    value, and the transform hands back about twenty of them per step."""
+    if isinstance(values[0], torch.Tensor):
+        return tuple(values)
+    return torch.from_numpy(np.stack(values)).unbind()
+
+
+def int8_codes(xp: Any, values: Any) -> Any:
+    """Small integer codes stored as int8 in either namespace."""
+    return values.astype(np.int8) if xp is np else values.to(torch.int8)
+
+
 def clamp0(xp: Any, values: Any) -> Any:
     """``max(values, 0)`` elementwise, NaN kept (torch's ``clamp_min(0)``, which numpy spells otherwise)."""
     return xp.maximum(values, xp.zeros_like(values))

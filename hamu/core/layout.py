@@ -134,9 +134,15 @@ class FlatLayout:
         """
         if self.on_host(a, coef, b):
             x, k, y = a.numpy(), coef.numpy(), b.numpy()
-            return torch.from_numpy(
-                np.array([_sq(x[s:e] - k[i] * y[s:e]) for i, (s, e) in enumerate(self.bounds)], dtype=x.dtype)
-            )
+            out = np.empty(len(self.bounds), dtype=x.dtype)
+            # One scratch view reused for every segment: no full-size temporaries to allocate and fault in.
+            scratch = np.empty(max(self.sizes), dtype=x.dtype)
+            for i, (s, e) in enumerate(self.bounds):
+                view = scratch[: e - s]
+                np.multiply(y[s:e], -k[i], out=view)
+                view += x[s:e]
+                out[i] = view @ view
+            return torch.from_numpy(out)
         if self._use_views(a):
             sizes = self.sizes
             dtype = torch.promote_types(torch.promote_types(a.dtype, b.dtype), coef.dtype)
@@ -200,7 +206,3 @@ class FlatLayout:
 
 def _gram3(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
     return x @ x, y @ y, x @ y
-
-
-def _sq(r: np.ndarray) -> float:
-    return r @ r

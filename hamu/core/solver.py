@@ -40,7 +40,7 @@ from typing import Any, Literal
 
 import torch
 
-from hamu.core.arrays import clamp0, namespace, on_host, to_arrays, to_tensor
+from hamu.core.arrays import clamp0, int8_codes, namespace, on_host, to_arrays, to_tensor
 
 Variant = Literal["hamu-q", "hamu-u"]
 VARIANTS: tuple[str, ...] = ("hamu-q", "hamu-u")
@@ -152,7 +152,7 @@ def solve_arrays(
 ) -> tuple[Any, ...]:
     """:func:`block_coefficients` on the arrays of the namespace ``xp`` (see :mod:`hamu.core.arrays`).
 
-    Returns the :class:`BlockCoefficients` fields in order, with ``branch`` as a tensor of codes (int8).
+    Returns the :class:`BlockCoefficients` fields in order as ``xp`` arrays, with ``branch`` as int8 codes.
     """
     swapped = variant == "hamu-u"
     # Effective gradients: e_r plays g_r's role in the solved problem, e_f plays g_f's.
@@ -222,7 +222,7 @@ def solve_arrays(
     return (
         coef_r,
         coef_f,
-        to_tensor(branch).to(torch.int8),
+        int8_codes(xp, branch),
         cost,
         retain_change,
         forget_change,

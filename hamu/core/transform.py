@@ -43,9 +43,10 @@ import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import numpy as np
 import torch
 
-from hamu.core.arrays import clamp0, namespace, nan_to_zero, to_arrays, to_tensor
+from hamu.core.arrays import clamp0, namespace, nan_to_zero, to_arrays, to_tensor, to_tensors
 from hamu.core.layout import FlatLayout
 from hamu.core.solver import (
     VARIANTS,
@@ -149,12 +150,15 @@ def scalar_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)
 
 
-def count_branches(branch: torch.Tensor) -> torch.Tensor:
+def count_branches(branch: Any) -> torch.Tensor:
     """Blocks per :class:`Branch` (int64, one entry per branch), without a host synchronisation.
 
     ``torch.bincount`` reads the largest value back from the device to size its output; the number of
-    branches is known, so a comparison with every code and a sum does the same on the device.
+    branches is known, so a comparison with every code and a sum does the same on the device. Host codes
+    (a numpy array) are counted by numpy.
     """
+    if isinstance(branch, np.ndarray):
+        return torch.from_numpy(np.bincount(branch, minlength=len(Branch)))
     codes = torch.arange(len(Branch), device=branch.device, dtype=branch.dtype)
     return (branch.reshape(-1, 1) == codes).sum(dim=0)
 
@@ -233,51 +237,68 @@ class HamuTransform:
             perp_sq=perp_sq,
             colinear_eps=colinear_rel_eps(work),
         )
-        coef_retain, coef_forget, branch, cost, retain_change, forget_change = parts[:6]
-        solved = BlockCoefficients(*(to_tensor(p) for p in parts))
+        coef_retain, coef_forget, branch, cost, retain_change, forget_change, k1, k2, unavoidable = parts
         stop_infeasible = (~xp.isfinite(coef_retain)).any()
         # A stopped step must leave the model as it is: zero every coefficient (tiny tensors) rather than
         # masking the full-size update afterwards.
         zero = xp.zeros_like(coef_retain)
-        coef_r = to_tensor(xp.where(stop_infeasible, zero, nan_to_zero(xp, coef_retain) * scale))
-        coef_f = to_tensor(xp.where(stop_infeasible, zero, nan_to_zero(xp, coef_forget) * scale))
-        if cfg.mode == "global":
-            update = coef_r * retain + coef_f * forget
-        else:
-            update = layout.combine(coef_r, retain, coef_f, forget)
-        # The combination is formed in the scalar dtype (its two terms can nearly cancel), then rounded once.
-        update = update.to(out_dtype)
-
+        coef_r = xp.where(stop_infeasible, zero, nan_to_zero(xp, coef_retain) * scale)
+        coef_f = xp.where(stop_infeasible, zero, nan_to_zero(xp, coef_forget) * scale)
         total_cost = nan_to_zero(xp, cost).sum()
         infeasible_any = (branch >= int(Branch.INFEASIBLE)).any()
         # Sign-correct rule: stop when even the best constrained step is predicted to raise the objective
         # (retain loss for HAMU-Q), or when no step can meet the constraint. Never fires for κ < 0.
-        degradation = to_tensor(infeasible_any) | to_tensor(total_cost > 0)
+        degradation = infeasible_any | (total_cost > 0)
         # Global hardness thresholds for the whole-model problem with the total radius and the total
         # constraint the blocks carry (B, or c·η·S under the unnormalised split).
         total_R = xp.sqrt((R * R).sum())
-        k_all = kappa.sum()
         eff_norm = xp.sqrt(eff_total)
         other_sq = (retain_sq if cfg.variant == "hamu-u" else forget_sq).sum()
         safe_R = xp.where(total_R > 0, total_R, xp.ones_like(total_R))
         kappa1 = -B_total * eff_norm / safe_R
         kappa2 = eff_norm * xp.sqrt(clamp0(xp, other_sq - (B_total / safe_R) ** 2))
+
+        # Back to tensors, a handful of conversions for the whole step (see hamu.core.arrays.to_tensors).
+        per_block = to_tensors(
+            coef_retain, coef_forget, cost, retain_change, forget_change, k1, k2, R, Bt, coef_r, coef_f
+        )
+        totals = to_tensors(
+            kappa.sum(),
+            kappa1,
+            kappa2,
+            nan_to_zero(xp, retain_change).sum(),
+            nan_to_zero(xp, forget_change).sum(),
+            -total_cost,
+            B_total,
+        )
+        flags = to_tensors(stop_infeasible, degradation)
+        coef_r_t, coef_f_t = per_block[9], per_block[10]
+        if cfg.mode == "global":
+            update = coef_r_t * retain + coef_f_t * forget
+        else:
+            update = layout.combine(coef_r_t, retain, coef_f_t, forget)
+        # The combination is formed in the scalar dtype (its two terms can nearly cancel), then rounded once.
+        update = update.to(out_dtype)
+        c_r, c_f, cost_t, retain_t, forget_t, k1_t, k2_t = per_block[:7]
+        solved = BlockCoefficients(
+            c_r, c_f, to_tensor(branch), cost_t, retain_t, forget_t, k1_t, k2_t, to_tensor(unavoidable)
+        )
         return TransformOutput(
             update=update,
             blocks=solved,
             kappa=to_tensor(kappa),
-            radius=to_tensor(R),
-            constraint=to_tensor(Bt),
-            kappa_global=to_tensor(k_all),
-            kappa1_global=to_tensor(kappa1),
-            kappa2_global=to_tensor(kappa2),
-            predicted_retain_change=to_tensor(nan_to_zero(xp, retain_change).sum()),
-            predicted_forget_change=to_tensor(nan_to_zero(xp, forget_change).sum()),
-            stopping_margin=to_tensor(-total_cost),
+            radius=per_block[7],
+            constraint=per_block[8],
+            kappa_global=totals[0],
+            kappa1_global=totals[1],
+            kappa2_global=totals[2],
+            predicted_retain_change=totals[3],
+            predicted_forget_change=totals[4],
+            stopping_margin=totals[5],
             branch_counts=count_branches(branch),
-            stop_infeasible=to_tensor(stop_infeasible),
-            degradation=degradation,
-            constraint_total=to_tensor(B_total),
+            stop_infeasible=flags[0],
+            degradation=flags[1],
+            constraint_total=totals[6],
         )
 
     def _radius(self, xp: Any, eff_sq: Any, eff_total: Any, lr: float) -> Any:

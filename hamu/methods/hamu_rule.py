@@ -48,8 +48,8 @@ class HamuRule:
             "constraint_total": out.constraint_total,
             "kappa_per_tensor": out.kappa,
         }
-        for branch in Branch:
-            diagnostics[f"branch_{branch.label}"] = out.branch_counts[int(branch)]
+        for branch, count in zip(Branch, out.branch_counts.unbind(), strict=True):
+            diagnostics[f"branch_{branch.label}"] = count
         return RuleOutput(
             grad=out.update,  # −δ/η, scaled inside the transform
             diagnostics=diagnostics,
