@@ -64,10 +64,10 @@ def int8_codes(xp: Any, values: Any) -> Any:
 
 def clamp0(xp: Any, values: Any) -> Any:
     """``max(values, 0)`` elementwise, NaN kept (torch's ``clamp_min(0)``, which numpy spells otherwise)."""
-    return xp.maximum(values, xp.zeros_like(values))
+    return np.maximum(values, 0.0) if xp is np else values.clamp_min(0.0)
 
 
 def nan_to_zero(xp: Any, values: Any) -> Any:
     """``values`` with NaN replaced by 0 (numpy's ``nan_to_num`` is about ten times slower on tiny arrays,
     and also clips infinities, which HAMU's coefficients never need)."""
-    return xp.where(values != values, xp.zeros_like(values), values)
+    return xp.where(values != values, 0.0, values)

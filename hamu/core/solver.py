@@ -158,13 +158,11 @@ def solve_arrays(
     # Effective gradients: e_r plays g_r's role in the solved problem, e_f plays g_f's.
     er_sq, ef_sq = (forget_sq, retain_sq) if swapped else (retain_sq, forget_sq)
     R, B = radius, constraint
-    zero, one = xp.zeros_like(kappa), xp.ones_like(kappa)
-
     er_norm = xp.sqrt(clamp0(xp, er_sq))
     zero_f = ef_sq < ZERO_EPS
     zero_r = er_sq < ZERO_EPS
-    safe_ef_sq = xp.where(zero_f, one, ef_sq)
-    safe_er_norm = xp.where(zero_r, one, er_norm)
+    safe_ef_sq = xp.where(zero_f, 1.0, ef_sq)
+    safe_er_norm = xp.where(zero_r, 1.0, er_norm)
 
     disc = R * R - B * B / safe_ef_sq
     b_trivial = B <= ZERO_EPS
@@ -181,23 +179,22 @@ def solve_arrays(
     rectified = solvable & ~direct & ~colinear
 
     ascent = B / safe_ef_sq  # coefficient of e_f in a
-    scale = xp.sqrt(clamp0(xp, disc)) / xp.sqrt(xp.where(rectified, perp_sq, one))
+    scale = xp.sqrt(clamp0(xp, disc)) / xp.sqrt(xp.where(rectified, perp_sq, 1.0))
     # δ = α·e_f + β·e_r in the effective gradients.
-    alpha = xp.where(rectified, ascent + scale * kappa / safe_ef_sq, zero)
+    alpha = xp.where(rectified, ascent + scale * kappa / safe_ef_sq, 0.0)
     alpha = xp.where(colinear, ascent, alpha)
-    beta = xp.where(rectified, -scale, zero)
+    beta = xp.where(rectified, -scale, 0.0)
     beta = xp.where(direct, -R / safe_er_norm, beta)
     # Zero-radius solvable blocks: R = 0 and B ≈ 0 leave only δ = 0.
     if continue_on_infeasible:
         alpha = xp.where(infeasible, ascent, alpha)
         update_valid = xp.ones_like(zero_f)
     else:
-        nan = xp.full_like(kappa, math.nan)
-        alpha = xp.where(infeasible | zero_forget, nan, alpha)
-        beta = xp.where(infeasible | zero_forget, nan, beta)
+        alpha = xp.where(infeasible | zero_forget, math.nan, alpha)
+        beta = xp.where(infeasible | zero_forget, math.nan, beta)
         update_valid = solvable
     cost = alpha * kappa + beta * er_sq
-    cost = xp.where(update_valid, cost, xp.full_like(cost, math.nan))
+    cost = xp.where(update_valid, cost, math.nan)
 
     branch = xp.full_like(kappa, float(Branch.RECTIFIED))
     for mask, code in (
@@ -206,10 +203,10 @@ def solve_arrays(
         (infeasible, Branch.INFEASIBLE),
         (zero_forget, Branch.ZERO_FORGET),
     ):
-        branch = xp.where(mask, xp.full_like(branch, float(code)), branch)
+        branch = xp.where(mask, float(code), branch)
 
-    safe_R = xp.where(R > 0, R, one)
-    kappa1 = xp.where(R > 0, -B * er_norm / safe_R, xp.full_like(R, -math.inf))
+    safe_R = xp.where(R > 0, R, 1.0)
+    kappa1 = xp.where(R > 0, -B * er_norm / safe_R, -math.inf)
     kappa2 = er_norm * xp.sqrt(clamp0(xp, ef_sq - (B / safe_R) ** 2))
     # The cost is exactly 0 at κ = κ2; allow rounding at the scale of the best achievable cost R‖e_r‖.
     tol = 1e-6 * R * er_norm

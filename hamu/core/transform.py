@@ -142,7 +142,7 @@ class TransformOutput:
 
 def _safe_nonzero(xp: Any, sq: Any) -> Any:
     """Replace squared norms the solver treats as zero by 1 (the solver ignores those blocks' ratios)."""
-    return xp.where(sq < ZERO_EPS, xp.ones_like(sq), sq)
+    return xp.where(sq < ZERO_EPS, 1.0, sq)
 
 
 def scalar_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -241,9 +241,8 @@ class HamuTransform:
         stop_infeasible = (~xp.isfinite(coef_retain)).any()
         # A stopped step must leave the model as it is: zero every coefficient (tiny tensors) rather than
         # masking the full-size update afterwards.
-        zero = xp.zeros_like(coef_retain)
-        coef_r = xp.where(stop_infeasible, zero, nan_to_zero(xp, coef_retain) * scale)
-        coef_f = xp.where(stop_infeasible, zero, nan_to_zero(xp, coef_forget) * scale)
+        coef_r = xp.where(stop_infeasible, 0.0, nan_to_zero(xp, coef_retain) * scale)
+        coef_f = xp.where(stop_infeasible, 0.0, nan_to_zero(xp, coef_forget) * scale)
         total_cost = nan_to_zero(xp, cost).sum()
         infeasible_any = (branch >= int(Branch.INFEASIBLE)).any()
         # Sign-correct rule: stop when even the best constrained step is predicted to raise the objective
@@ -254,7 +253,7 @@ class HamuTransform:
         total_R = xp.sqrt((R * R).sum())
         eff_norm = xp.sqrt(eff_total)
         other_sq = (retain_sq if cfg.variant == "hamu-u" else forget_sq).sum()
-        safe_R = xp.where(total_R > 0, total_R, xp.ones_like(total_R))
+        safe_R = xp.where(total_R > 0, total_R, 1.0)
         kappa1 = -B_total * eff_norm / safe_R
         kappa2 = eff_norm * xp.sqrt(clamp0(xp, other_sq - (B_total / safe_R) ** 2))
 
@@ -304,7 +303,7 @@ class HamuTransform:
     def _radius(self, xp: Any, eff_sq: Any, eff_total: Any, lr: float) -> Any:
         if self.config.radius is None:
             return lr * xp.sqrt(eff_sq)
-        share = eff_sq / xp.where(eff_total > 0, eff_total, xp.ones_like(eff_total))
+        share = eff_sq / xp.where(eff_total > 0, eff_total, 1.0)
         return float(self.config.radius) * xp.sqrt(share)
 
     def _split_constraint(
@@ -321,27 +320,27 @@ class HamuTransform:
         # Blocks that can carry a share: both gradients nonzero by the solver's test. Any other block has
         # reach R_t‖e_f,t‖ = 0 and would be infeasible (zero_forget) for every B_t > 0.
         active = (retain_sq >= ZERO_EPS) & (forget_sq >= ZERO_EPS)
-        zero, one = xp.zeros_like(retain_sq), xp.ones_like(retain_sq)
-        weight = xp.where(active, xp.sqrt(retain_sq) * xp.sqrt(forget_sq), zero)
+        weight = xp.where(active, xp.sqrt(retain_sq) * xp.sqrt(forget_sq), 0.0)
         if split == UNNORMALISED_SPLIT:
             if self.config.radius is not None:
                 # c·R_t‖e_f,t‖ with c = B/R and R_t = R‖e_r,t‖/‖e_r‖: the radius cancels.
                 weight = weight / xp.sqrt(_safe_nonzero(xp, eff_total))
             shares = B * weight
             return shares, shares.sum()
-        n_active = xp.where(active, one, zero).sum()
+        indicator = xp.where(active, 1.0, xp.zeros_like(retain_sq))  # 1 per active block, in its dtype
+        n_active = indicator.sum()
         any_active = n_active > 0
         total = xp.full_like(eff_total, B)
         # No block can carry a share: split over all of them (so that B > 0 is reported infeasible).
         fallback = xp.full_like(retain_sq, B / len(retain_sq))
         if split == "equal":
-            share = xp.where(active, one, zero) / xp.where(any_active, n_active, xp.ones_like(n_active))
+            share = indicator / xp.where(any_active, n_active, 1.0)
         elif split == "softmax":
-            logits = xp.where(active, -kappa, xp.full_like(kappa, -math.inf))
+            logits = xp.where(active, -kappa, -math.inf)
             logits = xp.where(any_active, logits, -kappa)
             share = xp.exp(logits - logits.max())
             share = share / share.sum()
         else:
             weight_sum = weight.sum()
-            share = weight / xp.where(weight_sum > 0, weight_sum, xp.ones_like(weight_sum))
+            share = weight / xp.where(weight_sum > 0, weight_sum, 1.0)
         return xp.where(any_active, B * share, fallback), total
