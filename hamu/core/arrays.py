@@ -10,6 +10,11 @@ The scalar code is written once against the small set of functions both modules 
 ``maximum``, ``exp``, ``isfinite``, ``nan_to_num``, ``zeros_like``, ``ones_like``, ``full_like`` and the
 operators), and takes the namespace as its first argument. Host arrays share memory with their tensors
 (``Tensor.numpy`` / ``torch.as_tensor``), so the hand-over copies nothing but 0-d results.
+
+Constants enter as Python scalars (``where(mask, 0.0, x)``), not as allocated fills: Python scalars are weak
+in numpy 2 and in torch alike, so they never change an array's dtype, and a ``zeros_like`` costs a call.
+Inside the training loop, right after the backward passes, every such call costs about twice its warm time
+(docs/results.md §2), so the number of calls is the cost.
 """
 
 from __future__ import annotations

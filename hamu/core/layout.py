@@ -11,7 +11,8 @@ a BLAS dot or a multiply on each contiguous view costs a few microseconds: there
 with no host synchronisation either way. The three primitives the transform calls every step (Gram scalars,
 orthogonal residual, combination) run that loop through numpy when the buffers share one float32/float64
 dtype: per view numpy's call costs about a third of torch's, which at a model's tensor sizes is most of the
-operation (the CNN's transform went from 0.74 ms to 0.47 ms per step with the scalars on the host too).
+operation (the CNN's transform went from 0.74 ms to 0.47 ms per step with the scalars on the host too, and to
+0.40 ms with fewer calls per step: docs/results.md §2).
 
 No per-step primitive synchronises with the host: the segment lengths are built once with the layout (so
 ``segment_reduce`` runs with ``unsafe=True``, skipping its validation, which reads back from the device), and
