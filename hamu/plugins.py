@@ -1,4 +1,4 @@
-"""Code a project plugs in by import path ("module:attribute"): workloads and training loops.
+"""Code a project plugs in by import path ("module:attribute"): workloads, loops, losses, featurizers.
 
 Why one place: a project names its own code in its project file (``hamu.toml`` or ``[tool.hamu]`` in
 ``pyproject.toml``) or in a recipe, and that code must import the same way wherever it is needed: in the
@@ -8,7 +8,9 @@ on ``sys.path`` for its duration, so a module next to the project file imports w
 
 from __future__ import annotations
 
+import hashlib
 import importlib
+import inspect
 import os
 import sys
 from collections.abc import Iterator
@@ -85,3 +87,26 @@ def import_function(target: str, *, folder: Path | None = None) -> Any:
     if not callable(found):
         raise PluginImportError(f"{target!r} is {type(found).__name__}, not a function")
     return found
+
+
+def source_digest(target: str, *, folder: Path | None = None) -> str:
+    """SHA-256 of the source file that defines what ``"module:attribute"`` names.
+
+    Why: a recipe names its plugins, and a name says nothing about which code ran under it. A bank trained
+    with last month's training loop is no evidence for a model trained with today's, and a checkpoint's
+    lineage should say which code trained it. The digest covers the file that defines the object (the
+    module's own file when the object's cannot be found), not the files it imports.
+    """
+    found = import_target(target, folder=folder)
+    module_name, _ = split_target(target)
+    try:
+        path = inspect.getsourcefile(found)
+    except TypeError:  # an instance or a builtin: fall back to the module's file
+        path = None
+    path = path or getattr(sys.modules.get(module_name), "__file__", None)
+    if not path:
+        raise PluginImportError(f"{target!r} has no source file to digest")
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    except OSError as exc:
+        raise PluginImportError(f"cannot read the source of {target!r} ({path}): {exc}") from exc

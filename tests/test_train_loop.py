@@ -8,6 +8,8 @@ differentiable scalar)."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,9 +21,20 @@ import torch
 from typer.testing import CliRunner
 
 from hamu.data import dataset_digest, tabular_dataset
+from hamu.plugins import PluginImportError, source_digest
 from hamu.train import Recipe, train_model
-from hamu.train.bank import BankPlan, recipe_digest, train_member
+from hamu.train.bank import (
+    BANK_FILE,
+    BankMismatchError,
+    BankPlan,
+    load_bank,
+    read_bank_file,
+    recipe_digest,
+    train_member,
+    write_bank,
+)
 from hamu.train.losses import LossError, recipe_loss
+from hamu.train.recipe import plugin_code_digests
 from hamu.train.trainer import TrainingLoopError
 from hamu.workloads import PROJECT_ENV
 
@@ -358,3 +371,65 @@ def test_a_loss_is_checked_at_the_model_width_and_before_any_loop(project: Path)
     with pytest.raises(LossError, match="proj_loops:loss_raises"):
         train_model(_table(), _recipe("proj_loops:constant", loss="proj_loops:loss_raises"), progress=False)
     assert sys.modules["proj_loops"].CALLS == []  # the loop never ran
+
+
+# ------------------------------------------------------------------------------ the code behind the names
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_the_source_digest_is_the_defining_files_and_follows_an_edit(project: Path) -> None:
+    loops = project / "proj_loops.py"
+    assert source_digest("proj_loops:constant") == _sha256(loops)
+    assert source_digest("proj_loops:Squares") == _sha256(loops)  # a class: its defining file too
+    loops.write_text(loops.read_text() + "\n# tuned the schedule\n")
+    assert source_digest("proj_loops:constant") == _sha256(loops)
+    with pytest.raises(PluginImportError, match="no_such_module"):
+        source_digest("no_such_module:train")
+
+
+def test_a_checkpoint_records_the_code_behind_its_plugins(project: Path) -> None:
+    digest = _sha256(project / "proj_loops.py")
+    trained = train_model(
+        _table(), _recipe("proj_loops:constant", featurizer="proj_loops:Squares"), progress=False
+    )
+    assert trained.metadata["plugin_code"] == {"train_loop": digest, "featurizer": digest}
+    plain = train_model(_table(), _recipe(None, epochs=1), progress=False)
+    assert "plugin_code" not in plain.metadata
+    assert plugin_code_digests(_recipe(None)) == {}
+
+
+def test_a_bank_trained_with_other_code_under_the_same_name_is_refused(project: Path, tmp_path: Path) -> None:
+    data = _table()
+    recipe = _recipe("proj_loops:sgd").to_dict()
+    plan = BankPlan(dataset_digest(data), recipe, len(data), n_models=2, seed=1)
+    folder = write_bank(
+        tmp_path / "bank", plan, [train_member(data, plan, k) for k in range(2)], train_seconds=1.0
+    )
+    stored = read_bank_file(folder)["plan"]
+    assert stored["plugin_code"] == {"train_loop": _sha256(project / "proj_loops.py")}
+    assert load_bank(folder, manifest_digest=plan.manifest_digest, recipe=recipe).plan.bank_id == plan.bank_id
+
+    loops = project / "proj_loops.py"
+    original = loops.read_text()
+    loops.write_text(original.replace("def sgd(", "def sgd(  ", 1))  # same name, other code
+    with pytest.raises(
+        BankMismatchError, match=r"other code under the recipe's plugin names \(train_loop 'proj_loops:sgd'"
+    ):
+        load_bank(folder, manifest_digest=plan.manifest_digest, recipe=recipe)
+
+    loops.write_text(original)  # the code as trained, but a bank.json from before code digests
+    body = json.loads((folder / BANK_FILE).read_text())
+    del body["plan"]["plugin_code"]
+    (folder / BANK_FILE).write_text(json.dumps(body))
+    with pytest.raises(BankMismatchError, match="predates code digests"):
+        load_bank(folder, manifest_digest=plan.manifest_digest, recipe=recipe)
+
+
+def test_a_plugin_free_bank_keeps_its_id() -> None:
+    """Banks of recipes without plugins have the ID they had before code digests existed."""
+    recipe = _recipe(None).to_dict()
+    plan = BankPlan("d" * 64, recipe, 40, n_models=2, seed=1)
+    body = {"manifest": "d" * 64, "recipe": recipe_digest(recipe), "n_rows": 40, "n_models": 2, "seed": 1}
+    assert plan.bank_id == hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
+    assert "plugin_code" not in plan.to_dict()

@@ -25,6 +25,7 @@ import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,7 @@ import numpy as np
 
 from hamu.evaluation.bank import assign_membership
 from hamu.models import load_checkpoint
-from hamu.train.recipe import Recipe
+from hamu.train.recipe import Recipe, plugin_code_digests
 from hamu.train.trainer import TrainedModel, featurizer_from_metadata, train_model
 
 SCHEMA = "hamu.bank/1"
@@ -76,15 +77,23 @@ class BankPlan:
         if self.n_rows < 2:
             raise BankError(f"a bank needs a manifest of at least 2 rows, got {self.n_rows}")
 
+    @cached_property
+    def plugin_code(self) -> dict[str, str]:
+        """SHA-256 of the source behind each plugin the recipe names: members trained with other code under
+        the same names are no evidence (empty for a recipe without plugins)."""
+        return plugin_code_digests(self.recipe)
+
     @property
     def bank_id(self) -> str:
-        body = {
+        body: dict[str, Any] = {
             "manifest": self.manifest_digest,
             "recipe": recipe_digest(self.recipe),
             "n_rows": self.n_rows,
             "n_models": self.n_models,
             "seed": self.seed,
         }
+        if self.plugin_code:  # absent otherwise, so banks of plugin-free recipes keep their IDs
+            body["plugin_code"] = self.plugin_code
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
 
     def membership(self) -> np.ndarray:
@@ -104,7 +113,7 @@ class BankPlan:
             "n_models": self.n_models,
             "seed": self.seed,
             "bank_id": self.bank_id,
-        }
+        } | ({"plugin_code": self.plugin_code} if self.plugin_code else {})
 
 
 def train_member(
@@ -245,6 +254,18 @@ def load_bank(folder: Path, *, manifest_digest: str, recipe: Mapping[str, Any]) 
     plan = BankPlan(
         manifest_digest, dict(recipe), int(stored["n_rows"]), int(stored["n_models"]), int(stored["seed"])
     )
+    stored_code = stored.get("plugin_code", {})
+    changed = sorted(
+        k
+        for k in plan.plugin_code.keys() | stored_code.keys()
+        if plan.plugin_code.get(k) != stored_code.get(k)
+    )
+    if changed:
+        named = ", ".join(f"{k} {recipe.get(k)!r}" for k in changed)
+        raise BankMismatchError(
+            f"the bank at {folder} was trained with other code under the recipe's plugin names ({named}: "
+            "the source file changed, or the bank predates code digests); train a new bank"
+        )
     if plan.bank_id != stored["bank_id"]:
         raise BankIntegrityError(f"the bank at {folder}: its ID does not match its plan")
     _verify(folder / body["membership"]["file"], body["membership"]["sha256"])

@@ -12,7 +12,11 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any, Literal
 
+from hamu.plugins import source_digest
+
 Optimizer = Literal["adam", "adamw", "sgd"]
+#: Recipe fields that name a project's own code ("module:attribute").
+PLUGIN_FIELDS: tuple[str, ...] = ("train_loop", "loss", "featurizer")
 Schedule = Literal["constant", "cosine"]
 
 
@@ -60,7 +64,7 @@ class Recipe:
     featurizer: str | None = None
 
     def __post_init__(self) -> None:
-        for name in ("train_loop", "loss", "featurizer"):
+        for name in PLUGIN_FIELDS:
             value = getattr(self, name)
             if value is not None:
                 module_name, sep, attribute = value.partition(":")
@@ -83,7 +87,7 @@ class Recipe:
     def to_dict(self) -> dict[str, Any]:
         d = {name: getattr(self, name) for name in self.__dataclass_fields__}
         d["model_config"] = dict(self.model_config)
-        for name in ("train_loop", "loss", "featurizer"):
+        for name in PLUGIN_FIELDS:
             if d[name] is None:
                 # Absent rather than null: recipes (and the bank digests over them) written before the
                 # field existed stay byte-identical.
@@ -96,6 +100,16 @@ class Recipe:
 
     def with_options(self, **changes: Any) -> Recipe:
         return replace(self, **changes)
+
+
+def plugin_code_digests(recipe: Recipe | Mapping[str, Any]) -> dict[str, str]:
+    """``{field: SHA-256 of its source file}`` for each plugin the recipe names (empty when it names none).
+
+    Why next to the recipe: the recipe's digest covers the plugins' names only; these bind the code behind
+    them, for checkpoints' lineage and for refusing a bank trained with other code.
+    """
+    named = recipe.to_dict() if isinstance(recipe, Recipe) else dict(recipe)
+    return {name: source_digest(str(named[name])) for name in PLUGIN_FIELDS if named.get(name)}
 
 
 @dataclass(frozen=True)

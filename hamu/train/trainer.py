@@ -43,7 +43,7 @@ from hamu.models.checkpoint import save_checkpoint
 from hamu.models.registry import MODELS, build_model
 from hamu.plugins import PluginImportError, import_function
 from hamu.train.losses import recipe_loss
-from hamu.train.recipe import Preset, Recipe, get_preset
+from hamu.train.recipe import Preset, Recipe, get_preset, plugin_code_digests
 from hamu.unlearner import eval_mode
 
 METADATA_VERSION = 1
@@ -401,7 +401,7 @@ def _model_metadata(
     metrics: dict[str, Any] = {"train": evaluate_model(model, data, featurizer)}
     for name, ds in (eval_sets or {}).items():
         metrics[name] = evaluate_model(model, ds, featurizer)
-    return {
+    metadata: dict[str, Any] = {
         "metadata_version": METADATA_VERSION,
         "architecture": recipe.model,
         "config": config,
@@ -417,6 +417,10 @@ def _model_metadata(
         "history": history,
         "torch_version": torch.__version__,
     }
+    code = plugin_code_digests(recipe)
+    if code:  # which code ran under the recipe's plugin names (absent when it names none)
+        metadata["plugin_code"] = code
+    return metadata
 
 
 class WeightsMismatchError(ValueError):
