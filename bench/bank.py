@@ -50,6 +50,7 @@ from hamu.governance.verdict import RunFacts, decide, forget_loss_target
 from hamu.models import model_digest
 from hamu.train import train_model
 from hamu.train.bank import BankPlan, train_member
+from hamu.train.losses import recipe_loss
 from hamu.workloads import get_workload
 
 
@@ -147,23 +148,26 @@ def main() -> None:
         device="cpu",
         method_options={"constraint_ratio": 0.1},
     )
+    # Unlearning differentiates the workload's own objective; targets and gates read cross-entropy.
+    objective = recipe_loss(recipe, split.spec.num_classes)
     to_target = copy.deepcopy(original.model)
     t0 = time.perf_counter()
     result = unlearn_to_target(
         to_target,
-        F.cross_entropy,
+        objective,
         batches(*retain, 256, 0),
         batches(*forget, 256, 1),
         cfg,
         ForgetTarget(loss=loss, tolerance=tol, retain_ceiling=ceiling),
         eval_forget=[forget],
         eval_retain=eval_retain,
+        measure_fn=F.cross_entropy,
     )
     t_unlearn = time.perf_counter() - t0
     print(f"to-target: {result.stop_reason} after {result.steps_taken} steps ({t_unlearn:.1f}s)", flush=True)
     one = copy.deepcopy(original.model)
     one_cfg = UnlearnConfig(method="hamu-q", lr=0.01, max_steps=1, device="cpu")
-    one_result = unlearn(one, F.cross_entropy, batches(*retain, 256, 0), batches(*forget, 256, 1), one_cfg)
+    one_result = unlearn(one, objective, batches(*retain, 256, 0), batches(*forget, 256, 1), one_cfg)
     panel: dict[str, tuple[nn.Module, Any, RunFacts]] = {
         "copy": (copy.deepcopy(original.model), feat, RunFacts(action="unlearn", steps_applied=1)),
         "one-step": (one, feat, RunFacts(action="unlearn", steps_applied=one_result.steps_applied)),

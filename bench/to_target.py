@@ -33,6 +33,7 @@ from hamu.controller import mean_loss
 from hamu.evaluation import EvaluationConfig, compute_per_example, evaluate_models
 from hamu.governance.verdict import RunFacts, decide, forget_loss_target
 from hamu.train import train_model
+from hamu.train.losses import recipe_loss
 from hamu.workloads import get_workload, workload_split
 
 
@@ -71,6 +72,8 @@ def main() -> None:
         eval_retain = [(retain[0][:512], retain[1][:512])]
         ceiling = mean_loss(original.model, F.cross_entropy, eval_retain, device="cpu") + tol
         target = ForgetTarget(loss=loss, tolerance=tol, retain_ceiling=ceiling)
+        # Unlearning differentiates the workload's own objective; the target is read in cross-entropy.
+        objective = recipe_loss(recipe, split.spec.num_classes)
         own = {}
         if reference.featurizer.to_config() != feat.to_config():
             own["retrained"] = {
@@ -87,13 +90,14 @@ def main() -> None:
             t0 = time.perf_counter()
             result = unlearn_to_target(
                 model,
-                F.cross_entropy,
+                objective,
                 batches(*retain, args.batch, 0),
                 batches(*forget, args.batch, 1),
                 cfg,
                 target,
                 eval_forget=[forget],
                 eval_retain=eval_retain,
+                measure_fn=F.cross_entropy,
             )
             t_unlearn = time.perf_counter() - t0
             ev = evaluate_models(
