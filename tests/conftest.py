@@ -202,6 +202,31 @@ def pipeline_home(root: Path) -> Iterator[Path]:
             mlflow.set_tracking_uri(previous)
 
 
+def hamu_cli(*args: str) -> Any:
+    """Run the ``hamu`` CLI in this process (Typer's runner) and return its result."""
+    from typer.testing import CliRunner
+
+    from hamu_pipeline.flows.cli import app
+
+    return CliRunner().invoke(app, list(args))
+
+
+def submit_requests(home: Path, records: list[str], prefix: str = "req") -> None:
+    """Submit one privacy request per record through ``hamu requests submit``, received two minutes ago
+    (request IDs ``<prefix>-000``, ``<prefix>-001``, …); the submission must succeed."""
+    import csv
+    from datetime import UTC, datetime, timedelta
+
+    received = (datetime.now(UTC) - timedelta(minutes=2)).isoformat()
+    path = home / f"{prefix}.csv"
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["request_id", "record_id", "reason", "received_at"])
+        writer.writerows((f"{prefix}-{i:03d}", rec, "privacy", received) for i, rec in enumerate(records))
+    result = hamu_cli("requests", "submit", str(path))
+    assert result.exit_code == 0, result.output
+
+
 def bench_module(name: str) -> Any:
     """``bench/<name>.py`` as a module: bench/ is a folder of scripts, not a package, so the file is loaded
     under its own name (once; its ``from common import ...`` lines then resolve)."""

@@ -10,14 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 import torch
-from conftest import pipeline_home
+from conftest import hamu_cli, pipeline_home
 from torch import nn
-from typer.testing import CliRunner
 
 pytestmark = pytest.mark.slow
 
@@ -29,12 +27,6 @@ NAME = f"hamu-{PRESET}"
 def home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     with pipeline_home(tmp_path_factory.mktemp("hamu-home-foreign")) as root:
         yield root
-
-
-def _hamu(*args: str) -> Any:
-    from hamu_pipeline.flows.cli import app
-
-    return CliRunner().invoke(app, list(args))
 
 
 def _log_foreign(module: nn.Module) -> str:
@@ -84,14 +76,14 @@ def test_foreign_versions_that_cannot_serve_are_refused(home: Path, trained: nn.
     served = _log_foreign(trained)
     before = _state(home)
     for version, extra, why in cases:
-        result = _hamu("init", "--preset", PRESET, "--from-version", version, *extra)
+        result = hamu_cli("init", "--preset", PRESET, "--from-version", version, *extra)
         assert result.exit_code == 1, result.output
         assert why in " ".join(result.output.split()), result.output
         assert _state(home) == before
     # The team serves a version: converting would set a served version aside, so nothing is converted.
     MlflowClient().set_registered_model_alias(NAME, "production", served)
     before = _state(home)
-    held = _hamu("init", "--preset", PRESET, "--from-version", served, "--train-seconds", "5")
+    held = hamu_cli("init", "--preset", PRESET, "--from-version", served, "--train-seconds", "5")
     assert held.exit_code == 1 and f"production → version {served}" in " ".join(held.output.split())
     assert _state(home) == before
     MlflowClient().delete_registered_model_alias(NAME, "production")
@@ -105,7 +97,7 @@ def test_a_foreign_version_is_converted_into_a_verified_champion(home: Path, tra
     from hamu_pipeline.tasks.models import load_preset_data, load_version
 
     foreign = _log_foreign(trained)
-    result = _hamu("init", "--preset", PRESET, "--from-version", foreign, "--train-seconds", "12.5")
+    result = hamu_cli("init", "--preset", PRESET, "--from-version", foreign, "--train-seconds", "12.5")
     assert result.exit_code == 0, result.output
     client = MlflowClient()
     champion = str(client.get_model_version_by_alias(NAME, "champion").version)
@@ -122,7 +114,7 @@ def test_a_foreign_version_is_converted_into_a_verified_champion(home: Path, tra
     record = Ledger(home / "audit").records()[-1]
     assert record.step == "register-original" and record.outputs["champion"] == champion
     assert "by conversion" in record.reason and "declaration" in record.reason
-    verify = _hamu("audit", "verify")
+    verify = hamu_cli("audit", "verify")
     assert verify.exit_code == 0, verify.output
 
 

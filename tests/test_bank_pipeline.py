@@ -6,17 +6,14 @@ Real Prefect, MLflow, queue and ledger on the digits preset; the bank has 4 memb
 
 from __future__ import annotations
 
-import csv
 import json
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from conftest import pipeline_home
-from typer.testing import CliRunner
+from conftest import hamu_cli, pipeline_home, submit_requests
 
 pytestmark = pytest.mark.slow
 
@@ -27,25 +24,8 @@ NAME = f"hamu-{PRESET}"
 @pytest.fixture(scope="module")
 def home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     with pipeline_home(tmp_path_factory.mktemp("hamu-home-bank")) as root:
-        assert _hamu("init", "--preset", PRESET).exit_code == 0
+        assert hamu_cli("init", "--preset", PRESET).exit_code == 0
         yield root
-
-
-def _hamu(*args: str) -> Any:
-    from hamu_pipeline.flows.cli import app
-
-    return CliRunner().invoke(app, list(args))
-
-
-def _submit(home: Path, records: list[str], prefix: str) -> None:
-    received = (datetime.now(UTC) - timedelta(minutes=2)).isoformat()
-    path = home / f"{prefix}.csv"
-    with open(path, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["request_id", "record_id", "reason", "received_at"])
-        writer.writerows((f"{prefix}-{i:03d}", rec, "privacy", received) for i, rec in enumerate(records))
-    result = _hamu("requests", "submit", str(path))
-    assert result.exit_code == 0, result.output
 
 
 def _records(home: Path) -> list[Any]:
@@ -71,11 +51,11 @@ def test_bank_train_writes_a_verified_bank_and_records_it_without_raw_ids(home: 
 
     from hamu_pipeline.tasks.models import load_preset_data
 
-    result = _hamu("bank", "train", "--preset", PRESET, "--models", "4")
+    result = hamu_cli("bank", "train", "--preset", PRESET, "--models", "4")
     assert result.exit_code == 0, result.output
     body = json.loads((_bank_folder(home) / "bank.json").read_text())
     assert body["plan"]["n_models"] == 4 and len(body["members"]) == 4
-    assert _hamu("bank", "show", "--preset", PRESET).exit_code == 0
+    assert hamu_cli("bank", "show", "--preset", PRESET).exit_code == 0
     record = [r for r in _records(home) if r.step == "train-bank"][-1]
     assert record.params["bank_id"] == body["plan"]["bank_id"]
     run = mlflow.get_run(record.refs["mlflow_run_id"])
@@ -92,7 +72,7 @@ def test_bank_train_writes_a_verified_bank_and_records_it_without_raw_ids(home: 
 def test_a_batch_judged_by_both_records_the_bank_beside_the_exact_verdict(home: Path) -> None:
     from hamu_pipeline.tasks.models import load_preset_data
 
-    _submit(home, load_preset_data(PRESET).manifest_ids[:40], "both")
+    submit_requests(home, load_preset_data(PRESET).manifest_ids[:40], "both")
     summary = _batch(reference_mode="both", method="gdiff", max_steps=20, to_target=False)
     assert summary["status"] == "completed"
     assert summary["evidence_mode"] == "both"
@@ -110,7 +90,7 @@ def test_a_batch_judged_by_both_records_the_bank_beside_the_exact_verdict(home: 
 def test_a_batch_judged_by_the_bank_alone_writes_a_bank_report(home: Path) -> None:
     from hamu_pipeline.tasks.models import load_preset_data
 
-    _submit(home, load_preset_data(PRESET).manifest_ids[40:80], "bank")
+    submit_requests(home, load_preset_data(PRESET).manifest_ids[40:80], "bank")
     summary = _batch(reference_mode="bank", method="gdiff", max_steps=20, to_target=False)
     records = {r.step: r for r in _records(home) if r.batch_id == summary["batch_id"]}
     # the bank judged first; only when its evidence could not decide did the exact reference decide
@@ -137,8 +117,8 @@ def test_a_bank_of_another_manifest_is_refused_never_used(home: Path) -> None:
     body["plan"]["manifest_digest"] = "0" * 64
     path.write_text(json.dumps(body))
     try:
-        assert _hamu("bank", "show", "--preset", PRESET).exit_code == 1
-        _submit(home, load_preset_data(PRESET).manifest_ids[80:100], "refused")
+        assert hamu_cli("bank", "show", "--preset", PRESET).exit_code == 1
+        submit_requests(home, load_preset_data(PRESET).manifest_ids[80:100], "refused")
         with RequestQueue(f"sqlite:///{home / 'requests.db'}") as queue:
             before = sorted((r.request_id, r.status.value) for r in queue.list())
         with pytest.raises(BankMismatchError, match="another training manifest"):
@@ -170,11 +150,11 @@ def test_a_crash_while_training_the_bank_leaves_the_old_bank_in_use(
         return real(*args, **kwargs)
 
     monkeypatch.setattr(bank_module, "train_model", dies_on_the_third)
-    result = _hamu("bank", "train", "--preset", PRESET, "--models", "4", "--seed", "7")
+    result = hamu_cli("bank", "train", "--preset", PRESET, "--models", "4", "--seed", "7")
     assert result.exit_code != 0
     assert {p.name: p.read_bytes() for p in _bank_folder(home).iterdir()} == before
     assert not list(_bank_folder(home).parent.glob(".bank-*"))
-    assert _hamu("bank", "show", "--preset", PRESET).exit_code == 0
+    assert hamu_cli("bank", "show", "--preset", PRESET).exit_code == 0
 
 
 def test_a_new_bank_leaves_erased_rows_out_of_every_member(home: Path) -> None:
@@ -182,17 +162,17 @@ def test_a_new_bank_leaves_erased_rows_out_of_every_member(home: Path) -> None:
     from hamu.train.bank import load_bank
     from hamu_pipeline.tasks.models import load_preset_data
 
-    _submit(home, load_preset_data(PRESET).manifest_ids[100:130], "erase")
+    submit_requests(home, load_preset_data(PRESET).manifest_ids[100:130], "erase")
     summary = _batch(exact=True)
     assert summary["action"] == "retrain"
-    promoted = _hamu(
+    promoted = hamu_cli(
         "promote", "--batch", summary["batch_id"], "--accept-insufficient-evidence", "--reason", "weak"
     )
     assert promoted.exit_code == 0, promoted.output
     with RequestQueue(f"sqlite:///{home / 'requests.db'}") as queue:
         erased = queue.erased_record_ids()
     assert erased
-    assert _hamu("bank", "train", "--preset", PRESET, "--models", "4", "--seed", "3").exit_code == 0
+    assert hamu_cli("bank", "train", "--preset", PRESET, "--models", "4", "--seed", "3").exit_code == 0
     data = load_preset_data(PRESET)
     body = json.loads((_bank_folder(home) / "bank.json").read_text())
     from hamu_pipeline.tasks.bank import champion_recipe
@@ -208,7 +188,7 @@ def test_a_new_bank_leaves_erased_rows_out_of_every_member(home: Path) -> None:
 def test_the_trail_with_banks_verifies(home: Path) -> None:
     """Bank training, refreshes and bank-judged batches are ledger records like any other: the trail, the
     receipts, the versions and the aliases still verify."""
-    result = _hamu("audit", "verify")
+    result = hamu_cli("audit", "verify")
     assert result.exit_code == 0, result.output
     steps = {r.step for r in _records(home)}
     assert {"train-bank", "bank", "reference", "evaluate"} <= steps
@@ -220,7 +200,7 @@ def test_rows_short_of_out_members_refresh_the_affected_members(home: Path) -> N
     from hamu_pipeline.tasks.models import load_preset_data
 
     ids = load_preset_data(PRESET).manifest_ids[140:160]
-    _submit(home, ids, "short")
+    submit_requests(home, ids, "short")
     summary = _batch(reference_mode="bank", bank_min_out=3, method="gdiff", max_steps=10, to_target=False)
     records = [r for r in _records(home) if r.batch_id == summary["batch_id"]]
     bank_record = next(r for r in records if r.step == "bank")
@@ -230,7 +210,7 @@ def test_rows_short_of_out_members_refresh_the_affected_members(home: Path) -> N
     assert refreshed["rows_dropped"] == len(ids) and refreshed["members"]
     body = json.loads((_bank_folder(home) / "bank.json").read_text())
     assert body["refreshed"][-1]["members"] == refreshed["members"]
-    assert _hamu("bank", "show", "--preset", PRESET).exit_code == 0  # the ledger vouches for the new bank
+    assert hamu_cli("bank", "show", "--preset", PRESET).exit_code == 0  # the ledger vouches for the new bank
 
 
 def test_auto_audits_the_bank_with_the_exact_reference_every_nth_batch(home: Path) -> None:
@@ -240,7 +220,7 @@ def test_auto_audits_the_bank_with_the_exact_reference_every_nth_batch(home: Pat
 
     decisions: list[str] = []
     for n, start in enumerate((160, 170)):
-        _submit(home, load_preset_data(PRESET).manifest_ids[start : start + 10], f"auto-{n}")
+        submit_requests(home, load_preset_data(PRESET).manifest_ids[start : start + 10], f"auto-{n}")
         summary = _batch(bank_audit_every=2, method="gdiff", max_steps=10, to_target=False)
         decisions += [
             r.decision for r in _records(home) if r.batch_id == summary["batch_id"] and r.step == "reference"
@@ -260,7 +240,9 @@ def test_a_candidate_that_fails_its_gates_is_replaced_by_the_exact_retrain(
     from hamu_pipeline.tasks.models import load_preset_data
 
     start = 200 if retrain_on_fail else 230
-    _submit(home, load_preset_data(PRESET).manifest_ids[start : start + 30], f"wreck-{retrain_on_fail}")
+    submit_requests(
+        home, load_preset_data(PRESET).manifest_ids[start : start + 30], f"wreck-{retrain_on_fail}"
+    )
     summary = _batch(
         method="ga", lr=0.5, max_steps=20, to_target=False, retrain_on_fail=retrain_on_fail, exact=False
     )

@@ -6,16 +6,13 @@ Each refusal is checked to change nothing: no alias, no tag, no ledger record, t
 
 from __future__ import annotations
 
-import csv
 import os
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import pipeline_home
-from typer.testing import CliRunner
+from conftest import hamu_cli, pipeline_home, submit_requests
 
 pytestmark = pytest.mark.slow
 
@@ -27,23 +24,6 @@ NAME = f"hamu-{PRESET}"
 def home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     with pipeline_home(tmp_path_factory.mktemp("hamu-home-init")) as root:
         yield root
-
-
-def _hamu(*args: str) -> Any:
-    from hamu_pipeline.flows.cli import app
-
-    return CliRunner().invoke(app, list(args))
-
-
-def _submit(home: Path, records: list[str], prefix: str) -> None:
-    received = (datetime.now(UTC) - timedelta(minutes=2)).isoformat()
-    path = home / f"{prefix}.csv"
-    with open(path, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["request_id", "record_id", "reason", "received_at"])
-        writer.writerows((f"{prefix}-{i:03d}", rec, "privacy", received) for i, rec in enumerate(records))
-    result = _hamu("requests", "submit", str(path))
-    assert result.exit_code == 0, result.output
 
 
 def _state(home: Path) -> tuple[bytes, dict[str, str], list[tuple[str, str, dict[str, str]]], list[Any]]:
@@ -86,7 +66,7 @@ def test_a_batch_without_a_champion_fails_and_changes_nothing(home: Path) -> Non
     from hamu_pipeline.flows.deletion_batch import deletion_batch
     from hamu_pipeline.tasks.models import NoChampionError, load_preset_data
 
-    _submit(home, load_preset_data(PRESET).manifest_ids[:3], "first")
+    submit_requests(home, load_preset_data(PRESET).manifest_ids[:3], "first")
     before = _state(home)
     with pytest.raises(NoChampionError, match="hamu init"):
         deletion_batch(BatchConfig(preset=PRESET, shadow_models=0))
@@ -129,7 +109,7 @@ def test_adoption_refuses_what_cannot_start_the_lineage(home: Path) -> None:
     cases = [(subset, "trained on other data"), (cnn, "is a 'cnn' model; workload 'digits-cpu' trains 'mlp'"),
              ("99", "cannot be read from the registry")]  # fmt: skip
     for version, why in cases:
-        result = _hamu("init", "--preset", PRESET, "--from-version", version)
+        result = hamu_cli("init", "--preset", PRESET, "--from-version", version)
         assert result.exit_code == 1, result.output
         assert why in " ".join(result.output.split()), result.output
         assert _state(home) == before
@@ -150,11 +130,11 @@ def test_adopting_a_version_starts_a_verified_lineage(home: Path) -> None:
     client = MlflowClient()
     client.set_registered_model_alias(NAME, "staging", "1")  # another version is served: set it aside? no
     before = _state(home)
-    held = _hamu("init", "--preset", PRESET, "--from-version", version)
+    held = hamu_cli("init", "--preset", PRESET, "--from-version", version)
     assert held.exit_code == 1 and "staging → version 1" in " ".join(held.output.split()), held.output
     assert _state(home) == before
     client.delete_registered_model_alias(NAME, "staging")
-    result = _hamu("init", "--preset", PRESET, "--from-version", version)
+    result = hamu_cli("init", "--preset", PRESET, "--from-version", version)
     assert result.exit_code == 0, result.output
     assert str(client.get_model_version_by_alias(NAME, "champion").version) == version
     record = Ledger(home / "audit").records()[-1]
@@ -162,13 +142,13 @@ def test_adopting_a_version_starts_a_verified_lineage(home: Path) -> None:
     assert record.inputs["manifest"] == dataset_digest(data.train)
     tags = client.get_model_version(NAME, version).tags
     assert tags["role"] == "original" and tags[ANCHOR_TAG] == f"{record.seq}:{record.record_hash}"
-    verify = _hamu("audit", "verify")
+    verify = hamu_cli("audit", "verify")
     assert verify.exit_code == 0, verify.output
 
     before = _state(home)
-    again = _hamu("init", "--preset", PRESET, "--from-version", version)
+    again = hamu_cli("init", "--preset", PRESET, "--from-version", version)
     assert again.exit_code == 1 and "already has champion" in again.output
-    trained = _hamu("init", "--preset", PRESET)
+    trained = hamu_cli("init", "--preset", PRESET)
     assert trained.exit_code == 0 and "nothing to do" in trained.output
     assert _state(home) == before
 
@@ -185,7 +165,7 @@ def test_no_new_original_once_records_were_erased(home: Path) -> None:
     assert summary["status"] == "completed", summary
     MlflowClient().delete_registered_model_alias(NAME, "champion")
     before = _state(home)
-    refused = _hamu("init", "--preset", PRESET)
+    refused = hamu_cli("init", "--preset", PRESET)
     assert refused.exit_code == 1, refused.output
     assert "already unlearned or erased" in " ".join(refused.output.split())
     assert _state(home) == before

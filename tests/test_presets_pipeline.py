@@ -10,15 +10,13 @@ is registered with the reference's featurizer and model config, so it loads back
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import pipeline_home
+from conftest import pipeline_home, submit_requests
 from typer.testing import CliRunner
 
 pytestmark = pytest.mark.slow
@@ -32,19 +30,6 @@ def _init(preset: str) -> None:
     from hamu_pipeline.flows.cli import app
 
     result = CliRunner().invoke(app, ["init", "--preset", preset])
-    assert result.exit_code == 0, result.output
-
-
-def _submit(home: Path, records: list[str], prefix: str = "req") -> None:
-    from hamu_pipeline.flows.cli import app
-
-    received = (datetime.now(UTC) - timedelta(minutes=2)).isoformat()
-    path = home / "requests.csv"
-    with open(path, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["request_id", "record_id", "reason", "received_at"])
-        writer.writerows((f"{prefix}-{i:03d}", rec, "privacy", received) for i, rec in enumerate(records))
-    result = CliRunner().invoke(app, ["requests", "submit", str(path)])
     assert result.exit_code == 0, result.output
 
 
@@ -78,7 +63,7 @@ def summary(home: Path) -> dict[str, Any]:
     from hamu_pipeline.tasks.models import load_preset_data
 
     _init(PRESET)
-    _submit(home, load_preset_data(PRESET).manifest_ids[:FORGET_ROWS])
+    submit_requests(home, load_preset_data(PRESET).manifest_ids[:FORGET_ROWS])
     config = BatchConfig(
         preset=PRESET,
         method="hamu-q",
@@ -135,7 +120,7 @@ def test_every_method_completes_a_batch(home: Path, method: str) -> None:
     ids = load_preset_data("digits-cpu").manifest_ids
     _init("digits-cpu")
     offset = 10 + 3 * list(METHODS).index(method)
-    _submit(home, ids[offset : offset + 3], prefix=f"m{list(METHODS).index(method)}")
+    submit_requests(home, ids[offset : offset + 3], prefix=f"m{list(METHODS).index(method)}")
     config = BatchConfig(
         preset="digits-cpu",
         method=method,
@@ -163,7 +148,7 @@ def test_fashion_preset_completes_with_the_target_controller(home: Path) -> None
     from hamu_pipeline.tasks.models import load_preset_data
 
     _init("fashion-mnist-cpu")
-    _submit(home, load_preset_data("fashion-mnist-cpu").manifest_ids[:30], prefix="fm")
+    submit_requests(home, load_preset_data("fashion-mnist-cpu").manifest_ids[:30], prefix="fm")
     summary = deletion_batch(
         BatchConfig(preset="fashion-mnist-cpu", max_steps=30, cost_aware=False, gate_policy="warn")
     )
