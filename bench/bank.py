@@ -40,7 +40,7 @@ from common import batches, machine, machine_line, set_threads, table, write_jso
 from hamu import ForgetTarget, UnlearnConfig, unlearn, unlearn_to_target
 from hamu.controller import mean_loss
 from hamu.data import record_ids
-from hamu.data.digest import dataset_digest
+from hamu.data.digest import dataset_digest, order_digest
 from hamu.data.splits import split_by_ids
 from hamu.data.tensors import to_tensors
 from hamu.evaluation import EvaluationConfig, compute_per_example, evaluate_models
@@ -98,7 +98,14 @@ def main() -> None:
     t0 = time.perf_counter()
     reference = train_model(split.retain, recipe, spec=split.spec, progress=False)
     t_retrain = time.perf_counter() - t0
-    plan = BankPlan(dataset_digest(split.train), recipe.to_dict(), len(split.train), args.models, args.seed)
+    plan = BankPlan(
+        dataset_digest(split.train),
+        recipe.to_dict(),
+        len(split.train),
+        args.models,
+        args.seed,
+        order_digest(split.train),
+    )
     t0 = time.perf_counter()
     members = [train_member(split.train, plan, k) for k in range(plan.n_models)]
     t_bank = time.perf_counter() - t0

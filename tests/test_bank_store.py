@@ -14,10 +14,11 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import datasets
 import numpy as np
 import pytest
 
-from hamu.data.digest import dataset_digest
+from hamu.data.digest import dataset_digest, order_digest
 from hamu.models import model_digest
 from hamu.train import Recipe, TrainedModel
 from hamu.train.bank import (
@@ -50,7 +51,9 @@ def train(single_thread: None) -> Any:
 
 @pytest.fixture(scope="module")
 def plan(train: Any) -> BankPlan:
-    return BankPlan(dataset_digest(train), RECIPE, len(train), N_MODELS, seed=3)
+    return BankPlan(
+        dataset_digest(train), RECIPE, len(train), N_MODELS, seed=3, manifest_order=order_digest(train)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -86,13 +89,16 @@ def _leftovers(parent: Path) -> list[str]:
 
 # -------------------------------------------------------------------------------------------------- plan
 def test_bank_id_is_deterministic_and_binds_every_part_of_the_plan(plan: BankPlan) -> None:
-    same = BankPlan(plan.manifest_digest, dict(RECIPE), plan.n_rows, plan.n_models, plan.seed)
+    same = BankPlan(
+        plan.manifest_digest, dict(RECIPE), plan.n_rows, plan.n_models, plan.seed, plan.manifest_order
+    )
     assert same.bank_id == plan.bank_id and len(plan.bank_id) == 16
     variants = {
         "manifest": dataclasses.replace(plan, manifest_digest="0" * 64),
         "recipe": dataclasses.replace(plan, recipe={**RECIPE, "lr": 2e-2}),
         "n_models": dataclasses.replace(plan, n_models=plan.n_models + 2),
         "seed": dataclasses.replace(plan, seed=plan.seed + 1),
+        "order": dataclasses.replace(plan, manifest_order="0" * 64),
         "n_rows": dataclasses.replace(plan, n_rows=plan.n_rows - 1),
     }
     ids = {name: p.bank_id for name, p in variants.items()}
@@ -143,6 +149,13 @@ def test_a_member_trains_on_exactly_its_rows(train: Any, plan: BankPlan, members
 def test_a_member_of_another_manifest_or_outside_the_bank_is_refused(train: Any, plan: BankPlan) -> None:
     with pytest.raises(BankMismatchError, match="rows"):
         train_member(train.select(range(len(train) - 1)), plan, 0)
+    _, test = sized_train_test("digits", 120, 20)
+    other = datasets.concatenate_datasets([train.select(range(len(train) - 1)), test.select([0])])
+    with pytest.raises(BankMismatchError, match="not the one the bank plan was made for"):
+        train_member(other, plan, 0)  # the same size, one row another
+    reordered = train.select([*range(1, len(train)), 0])  # the same rows, every position shifted
+    with pytest.raises(BankMismatchError, match="another order"):
+        train_member(reordered, plan, 0)
     for k in (-1, plan.n_models):
         with pytest.raises(BankError, match="outside"):
             train_member(train, plan, k)
@@ -171,6 +184,25 @@ def test_load_refuses_another_manifest_or_recipe(pristine: Path, plan: BankPlan)
         load_bank(pristine, manifest_digest="f" * 64, recipe=RECIPE)
     with pytest.raises(BankMismatchError, match="another recipe"):
         load_bank(pristine, manifest_digest=plan.manifest_digest, recipe={**RECIPE, "epochs": 3})
+
+
+def test_load_refuses_the_manifest_in_another_order(pristine: Path, plan: BankPlan, tmp_path: Path) -> None:
+    """The same rows reordered share the manifest digest; membership is by position, so the order binds."""
+    assert plan.manifest_order is not None
+    bank = load_bank(
+        pristine, manifest_digest=plan.manifest_digest, recipe=RECIPE, manifest_order=plan.manifest_order
+    )
+    assert bank.plan.bank_id == plan.bank_id
+    with pytest.raises(BankMismatchError, match="another order"):
+        load_bank(pristine, manifest_digest=plan.manifest_digest, recipe=RECIPE, manifest_order="0" * 64)
+    folder = _copy(pristine, tmp_path)  # a bank.json from before the order was recorded
+    body = json.loads((folder / BANK_FILE).read_text())
+    del body["plan"]["manifest_order"]
+    (folder / BANK_FILE).write_text(json.dumps(body))
+    with pytest.raises(BankMismatchError, match="predates the order binding"):
+        load_bank(
+            folder, manifest_digest=plan.manifest_digest, recipe=RECIPE, manifest_order=plan.manifest_order
+        )
 
 
 def test_load_refuses_a_member_with_one_byte_changed(pristine: Path, plan: BankPlan, tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import math
 import re
@@ -47,7 +48,7 @@ from hamu.data import (
     tokenize,
 )
 from hamu.data import sources as sources_module
-from hamu.data.digest import arrow_table
+from hamu.data.digest import arrow_table, order_digest
 
 # The record-ID grammar of deletion requests (hamu.governance.requests.schema.RECORD_ID_PATTERN): every ID we
 # mint
@@ -298,6 +299,25 @@ def test_digest_ignores_order_and_storage_layout(digits: tuple[datasets.Dataset,
     dup = datasets.concatenate_datasets([part, part])
     with pytest.raises(ValueError, match="more than once"):
         dataset_digest(dup)
+
+
+def test_order_digest_follows_row_order_and_ignores_content(
+    digits: tuple[datasets.Dataset, datasets.Dataset],
+) -> None:
+    """What a bank's positional membership binds: the IDs in row order (oracle: hashed here by hand)."""
+    train = digits[0].select(range(40))
+    ids = record_ids(train)
+    want = hashlib.sha256(b"hamu-order-v1\n")
+    for rid in ids:
+        want.update(len(rid.encode()).to_bytes(8, "little") + rid.encode())
+    assert order_digest(train) == want.hexdigest()
+    shuffled = train.shuffle(seed=5)
+    assert dataset_digest(shuffled) == dataset_digest(train) and order_digest(shuffled) != order_digest(train)
+    assert order_digest(shuffled.flatten_indices()) == order_digest(shuffled)
+    relabelled = build_dataset(spec_of(train), ids, (_labels(train) + 1) % 10, pixels=_pixels(train))
+    assert order_digest(relabelled) == order_digest(train) and dataset_digest(relabelled) != dataset_digest(
+        train
+    )
 
 
 # ------------------------------------------------------------------------------------------------ splits

@@ -13,6 +13,9 @@ machine and for every pyarrow version, and changes when any byte of the content 
 * The **dataset digest** covers the set of ``(record_id, record digest)`` pairs, sorted by ID: it names
   exactly which records with exactly which content, and survives reordering (a shuffled copy has the same
   digest; moving one record in or out, or changing one byte, changes it).
+* The **order digest** covers the record IDs in row order, nothing else. It is for what reads a dataset by
+  position: a reference bank's membership says which *positions* of the manifest each member trained on,
+  so the same set in another order would silently swap which rows a member saw.
 * The **keyed digest** passes a dataset digest through a keyed hash (HMAC with the audit key in the
   pipeline). It is for sets derived from forget rows alone: an unkeyed digest of a one-record forget set is
   recovered by hashing each row of the training manifest in turn, a keyed one only with the key.
@@ -48,6 +51,7 @@ def is_valid_record_id(value: object) -> bool:
 _RECORD_DOMAIN = b"hamu-record-v1\n"
 _DATASET_DOMAIN = b"hamu-dataset-v1\n"
 _KEYED_DOMAIN = "hamu-keyed-dataset-v1\n"
+_ORDER_DOMAIN = b"hamu-order-v1\n"
 
 
 def arrow_table(ds: Any) -> pa.Table:
@@ -177,6 +181,14 @@ def manifest(ds: Any) -> list[tuple[str, str]]:
 def dataset_digest(ds: Any) -> str:
     """The dataset digest (see the module docstring): SHA-256 hex, stable across processes and machines."""
     return manifest_digest(manifest(ds))
+
+
+def order_digest(ds: Any) -> str:
+    """The order digest (see the module docstring): SHA-256 hex of the record IDs in row order."""
+    h = hashlib.sha256(_ORDER_DOMAIN)
+    for record_id in arrow_table(ds).column(RECORD_ID).to_pylist():
+        h.update(_prefixed(str(record_id).encode()))
+    return h.hexdigest()
 
 
 def union_digest(*manifests: Sequence[tuple[str, str]]) -> str:

@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from hamu.data.digest import dataset_digest, order_digest
 from hamu.evaluation.bank import assign_membership
 from hamu.models import load_checkpoint
 from hamu.train.recipe import Recipe, plugin_code_digests
@@ -63,13 +64,18 @@ def recipe_digest(recipe: Mapping[str, Any]) -> str:
 
 @dataclass(frozen=True)
 class BankPlan:
-    """What a bank is: which manifest, which recipe, how many members, which seed. Its ID is their digest."""
+    """What a bank is: which manifest, which recipe, how many members, which seed. Its ID is their digest.
+
+    ``manifest_order`` (:func:`hamu.data.digest.order_digest`) binds the manifest's row order: membership is
+    by position, and the manifest digest names a set, which a reordered manifest shares.
+    """
 
     manifest_digest: str
     recipe: Mapping[str, Any]
     n_rows: int
     n_models: int = DEFAULT_BANK_MODELS
     seed: int = 0
+    manifest_order: str | None = None
 
     def __post_init__(self) -> None:
         if self.n_models < 2 or self.n_models % 2:
@@ -94,6 +100,8 @@ class BankPlan:
         }
         if self.plugin_code:  # absent otherwise, so banks of plugin-free recipes keep their IDs
             body["plugin_code"] = self.plugin_code
+        if self.manifest_order is not None:
+            body["manifest_order"] = self.manifest_order
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
 
     def membership(self) -> np.ndarray:
@@ -105,15 +113,19 @@ class BankPlan:
         return Recipe.from_dict(dict(self.recipe)).with_options(seed=self.seed * 1000 + k + 1)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "manifest_digest": self.manifest_digest,
-            "recipe": dict(self.recipe),
-            "recipe_digest": recipe_digest(self.recipe),
-            "n_rows": self.n_rows,
-            "n_models": self.n_models,
-            "seed": self.seed,
-            "bank_id": self.bank_id,
-        } | ({"plugin_code": self.plugin_code} if self.plugin_code else {})
+        return (
+            {
+                "manifest_digest": self.manifest_digest,
+                "recipe": dict(self.recipe),
+                "recipe_digest": recipe_digest(self.recipe),
+                "n_rows": self.n_rows,
+                "n_models": self.n_models,
+                "seed": self.seed,
+                "bank_id": self.bank_id,
+            }
+            | ({"plugin_code": self.plugin_code} if self.plugin_code else {})
+            | ({"manifest_order": self.manifest_order} if self.manifest_order is not None else {})
+        )
 
 
 def train_member(
@@ -126,6 +138,13 @@ def train_member(
     if len(train) != plan.n_rows:
         raise BankMismatchError(
             f"the manifest has {len(train)} rows; the bank plan was made for {plan.n_rows}"
+        )
+    # Same size is not same data, and same data is not same positions: a member's subset is positions.
+    if dataset_digest(train) != plan.manifest_digest:
+        raise BankMismatchError("the manifest given is not the one the bank plan was made for (other rows)")
+    if plan.manifest_order is not None and order_digest(train) != plan.manifest_order:
+        raise BankMismatchError(
+            "the manifest given has the plan's rows in another order: a member's rows are positions"
         )
     rows = np.flatnonzero(plan.membership()[k]) if rows is None else np.asarray(rows, dtype=np.int64)
     return train_model(
@@ -234,14 +253,24 @@ def read_bank_file(folder: Path) -> dict[str, Any]:
     return body
 
 
-def load_bank(folder: Path, *, manifest_digest: str, recipe: Mapping[str, Any]) -> Bank:
+def load_bank(
+    folder: Path, *, manifest_digest: str, recipe: Mapping[str, Any], manifest_order: str | None = None
+) -> Bank:
     """Load the bank at ``folder`` for this manifest and recipe, verifying every file against ``bank.json``.
 
     Raises :class:`BankMismatchError` for a bank of another manifest or recipe (it is never silently used)
-    and :class:`BankIntegrityError` for a changed, missing or truncated file.
+    and :class:`BankIntegrityError` for a changed, missing or truncated file. With ``manifest_order`` (the
+    manifest's :func:`~hamu.data.digest.order_digest`) a bank of the same rows in another order, or one that
+    did not record its order, is refused too: its membership would name other rows.
     """
     body = read_bank_file(folder)
     stored = body["plan"]
+    stored_order = stored.get("manifest_order")
+    if manifest_order is not None and stored_order != manifest_order:
+        raise BankMismatchError(
+            f"the bank at {folder} was trained on the manifest's rows in another order, or predates the "
+            "order binding: its members' rows are positions; train a new bank"
+        )
     if stored["manifest_digest"] != manifest_digest:
         raise BankMismatchError(
             f"the bank at {folder} was trained on another training manifest "
@@ -252,7 +281,12 @@ def load_bank(folder: Path, *, manifest_digest: str, recipe: Mapping[str, Any]) 
             f"the bank at {folder} was trained with another recipe than the served model's; train a new bank"
         )
     plan = BankPlan(
-        manifest_digest, dict(recipe), int(stored["n_rows"]), int(stored["n_models"]), int(stored["seed"])
+        manifest_digest,
+        dict(recipe),
+        int(stored["n_rows"]),
+        int(stored["n_models"]),
+        int(stored["seed"]),
+        stored_order,
     )
     stored_code = stored.get("plugin_code", {})
     changed = sorted(

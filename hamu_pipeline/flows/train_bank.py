@@ -72,7 +72,12 @@ def train_bank(
     members = [f.result() for f in futures]
     seconds = time.perf_counter() - start
     write_bank(bank_folder(paths, name), plan, members, train_seconds=seconds, membership=membership)
-    bank = load_bank(bank_folder(paths, name), manifest_digest=data.manifest_digest, recipe=plan.recipe)
+    bank = load_bank(
+        bank_folder(paths, name),
+        manifest_digest=data.manifest_digest,
+        recipe=plan.recipe,
+        manifest_order=plan.manifest_order,
+    )
     bank, _ = ensure_test_statistics(bank, data.test)  # the same in every batch: computed once, here
     run_id = record_bank(paths, data, champion, bank)
     retrain = float(champion.metadata.get("train_seconds", 0.0))

@@ -55,7 +55,9 @@ def champion_recipe(champion: ServedModel) -> dict[str, Any]:
 
 
 def plan_for(data: PresetData, champion: ServedModel, n_models: int, seed: int) -> BankPlan:
-    return BankPlan(data.manifest_digest, champion_recipe(champion), len(data.train), n_models, seed)
+    return BankPlan(
+        data.manifest_digest, champion_recipe(champion), len(data.train), n_models, seed, data.manifest_order
+    )
 
 
 def find_bank(paths: StatePaths, data: PresetData, champion: ServedModel) -> Bank | None:
@@ -67,7 +69,12 @@ def find_bank(paths: StatePaths, data: PresetData, champion: ServedModel) -> Ban
     folder = bank_folder(paths, champion.name)
     if not (folder / "bank.json").exists():
         return None
-    bank = load_bank(folder, manifest_digest=data.manifest_digest, recipe=champion_recipe(champion))
+    bank = load_bank(
+        folder,
+        manifest_digest=data.manifest_digest,
+        recipe=champion_recipe(champion),
+        manifest_order=data.manifest_order,
+    )
     recorded = [
         r
         for r in Ledger(paths.audit).records()

@@ -24,7 +24,7 @@ from prefect.cache_policies import NO_CACHE
 from torch import nn
 
 from hamu.data import Split, record_ids
-from hamu.data.digest import dataset_digest
+from hamu.data.digest import dataset_digest, order_digest
 from hamu.data.tensors import Featurizer
 from hamu.governance.audit import ANCHOR_TAG, Ledger, LedgerRecord, load_or_create_key
 from hamu.governance.lineage import ErasureManifest
@@ -62,6 +62,11 @@ class PresetData:
     def manifest_digest(self) -> str:
         """The training manifest's content digest: what a reference bank is bound to."""
         return dataset_digest(self.train)
+
+    @cached_property
+    def manifest_order(self) -> str:
+        """The training manifest's row order: a reference bank's membership is by position."""
+        return order_digest(self.train)
 
     @cached_property
     def positions(self) -> dict[str, int]:
