@@ -5,9 +5,14 @@ We time whole unlearning steps (median over adjacent GDiff/HAMU-Q step pairs aft
 change on a shared machine hits both alike) and the transform alone, and compare the
 vectorised transform with a naive per-tensor loop that synchronises with the host at every branch test
 (:func:`hamu.solve_block` per tensor, as the public reference does). Ends with ``hamu_over_gdiff=<ratio>``
-(the worst ratio over the models measured).
+(the worst ratio over the models measured; with ``--rounds N``, the worst of the models' medians over the
+rounds).
 
-Usage: python bench/step_overhead.py [--steps 40] [--batch 128] [--models cnn,resnet20]
+Why rounds: on a shared 2-core machine the GDiff step itself moves by a third from one run to the next, so
+one run's ratio says little. ``--rounds N`` repeats the whole measurement N times in one process (fresh
+models and optimizers each round) and prints each round's ratio with the median and range per model.
+
+Usage: python bench/step_overhead.py [--steps 40] [--batch 128] [--models cnn,resnet20] [--rounds 1]
 """
 
 from __future__ import annotations
@@ -104,7 +109,10 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--models", default="cnn,resnet20")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: every core)")
+    parser.add_argument("--rounds", type=int, default=1, help="independent repeats of the step timing")
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error("--rounds must be >= 1")
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
 
     print(
@@ -122,26 +130,40 @@ def main() -> None:
     )
     print(header)
     print("-" * len(header))
-    ratios = []
-    for name in args.models.split(","):
-        pooled = _paired_step_times(name, args.steps, args.warmup, args.batch)
-        gdiff = statistics.median(pooled["gdiff"])
-        hamu = statistics.median(pooled["hamu-q"])
-        pair_ratios = [h / g for h, g in zip(pooled["hamu-q"], pooled["gdiff"], strict=True)]
-        q1, _, q3 = statistics.quantiles(pair_ratios, n=4)
-        model = build_model(name)
-        g_r, g_f, layout = _paired_gradients(model)
-        transform = HamuTransform(HamuConfig(constraint_ratio=0.1))
-        t_fast = _median_time(lambda: transform(g_r, g_f, layout, lr=1e-4), 50)  # noqa: B023
-        t_naive = _median_time(lambda: _naive_transform(g_r, g_f, layout, 1e-4, 0.1), 10)  # noqa: B023
-        ratio = hamu / gdiff
-        ratios.append(ratio)
-        print(
-            f"{name:<10}{layout.num_segments:>8}{layout.numel:>10}{gdiff * 1e3:>10.1f}{hamu * 1e3:>11.1f}"
-            f"{ratio:>8.3f}{f'{q1:.2f}-{q3:.2f}':>13}{t_fast * 1e3:>14.2f}{t_naive * 1e3:>10.2f}"
-            f"{t_naive / t_fast:>9.1f}x"
-        )
-    print(f"\nhamu_over_gdiff={max(ratios):.3f}")
+    per_model: dict[str, list[float]] = {}
+    for round_no in range(args.rounds):
+        if args.rounds > 1:
+            print(f"round {round_no + 1} of {args.rounds}")
+        for name in args.models.split(","):
+            per_model.setdefault(name, []).append(_measure_row(name, args))
+    if args.rounds > 1:
+        print("\nratio over rounds (median, range):")
+        for name, ratios in per_model.items():
+            listed = ", ".join(f"{r:.3f}" for r in ratios)
+            spread = f"({min(ratios):.3f}-{max(ratios):.3f})"
+            print(f"{name:<10} {statistics.median(ratios):.3f} {spread}: {listed}")
+    print(f"\nhamu_over_gdiff={max(statistics.median(r) for r in per_model.values()):.3f}")
+
+
+def _measure_row(name: str, args: argparse.Namespace) -> float:
+    """One model's row of the table: paired step times and the transform alone; returns the step ratio."""
+    pooled = _paired_step_times(name, args.steps, args.warmup, args.batch)
+    gdiff = statistics.median(pooled["gdiff"])
+    hamu = statistics.median(pooled["hamu-q"])
+    pair_ratios = [h / g for h, g in zip(pooled["hamu-q"], pooled["gdiff"], strict=True)]
+    q1, _, q3 = statistics.quantiles(pair_ratios, n=4)
+    model = build_model(name)
+    g_r, g_f, layout = _paired_gradients(model)
+    transform = HamuTransform(HamuConfig(constraint_ratio=0.1))
+    t_fast = _median_time(lambda: transform(g_r, g_f, layout, lr=1e-4), 50)
+    t_naive = _median_time(lambda: _naive_transform(g_r, g_f, layout, 1e-4, 0.1), 10)
+    ratio = hamu / gdiff
+    print(
+        f"{name:<10}{layout.num_segments:>8}{layout.numel:>10}{gdiff * 1e3:>10.1f}{hamu * 1e3:>11.1f}"
+        f"{ratio:>8.3f}{f'{q1:.2f}-{q3:.2f}':>13}{t_fast * 1e3:>14.2f}{t_naive * 1e3:>10.2f}"
+        f"{t_naive / t_fast:>9.1f}x"
+    )
+    return ratio
 
 
 if __name__ == "__main__":
