@@ -13,9 +13,11 @@ import importlib
 import inspect
 import os
 import sys
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 PROJECT_ENV = "HAMU_PROJECT"
@@ -90,23 +92,46 @@ def import_function(target: str, *, folder: Path | None = None) -> Any:
 
 
 def source_digest(target: str, *, folder: Path | None = None) -> str:
-    """SHA-256 of the source file that defines what ``"module:attribute"`` names.
+    """SHA-256 of the source behind ``"module:attribute"``: over the SHA-256 of the module's own file and of
+    the files that define the named object and, once unwrapped (``inspect.unwrap``), the function it wraps
+    (a decorator's wrapper, a re-export), each file once, as a hex line, in path order.
 
     Why: a recipe names its plugins, and a name says nothing about which code ran under it. A bank trained
     with last month's training loop is no evidence for a model trained with today's, and a checkpoint's
-    lineage should say which code trained it. The digest covers the file that defines the object (the
-    module's own file when the object's cannot be found), not the files it imports.
+    lineage should say which code trained it. The files are read the first time this process digests the
+    module object, and that digest is kept for as long as the module is: a worker that imported the code
+    and runs it records that code, not a later edit of the file. Files the module imports are not covered.
     """
     found = import_target(target, folder=folder)
     module_name, _ = split_target(target)
+    module = sys.modules[module_name]
+    cached = _DIGESTS.setdefault(module, {})
+    if target not in cached:
+        candidates = (
+            getattr(module, "__file__", None),
+            _defining_file(found),
+            _defining_file(inspect.unwrap(found)),
+        )
+        files = {path for path in candidates if path}
+        if not files:
+            raise PluginImportError(f"{target!r} has no source file to digest")
+        lines = []
+        for path in sorted(files):
+            try:
+                lines.append(hashlib.sha256(Path(path).read_bytes()).hexdigest() + "\n")
+            except OSError as exc:
+                raise PluginImportError(f"cannot read the source of {target!r} ({path}): {exc}") from exc
+        cached[target] = hashlib.sha256("".join(lines).encode()).hexdigest()
+    return cached[target]
+
+
+#: Digests per module object (see :func:`source_digest`); a re-imported module is a new key.
+_DIGESTS: weakref.WeakKeyDictionary[ModuleType, dict[str, str]] = weakref.WeakKeyDictionary()
+
+
+def _defining_file(found: Any) -> str | None:
+    """The file that defines ``found``, if inspect can tell."""
     try:
-        path = inspect.getsourcefile(found)
-    except TypeError:  # an instance or a builtin: fall back to the module's file
-        path = None
-    path = path or getattr(sys.modules.get(module_name), "__file__", None)
-    if not path:
-        raise PluginImportError(f"{target!r} has no source file to digest")
-    try:
-        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-    except OSError as exc:
-        raise PluginImportError(f"cannot read the source of {target!r} ({path}): {exc}") from exc
+        return inspect.getsourcefile(found)
+    except TypeError:  # an instance or a builtin
+        return None

@@ -134,6 +134,25 @@ def test_a_bank_of_another_manifest_is_refused_never_used(home: Path) -> None:
         path.write_text(original)
 
 
+def test_the_bank_is_bound_to_the_manifests_order_and_refused_for_a_reordered_one(home: Path) -> None:
+    """The same rows in another order share the manifest digest; the bank's membership is by position."""
+    from hamu.data.digest import order_digest
+    from hamu.train.bank import BankMismatchError
+    from hamu_pipeline.tasks.bank import find_bank
+    from hamu_pipeline.tasks.env import StatePaths
+    from hamu_pipeline.tasks.models import PresetData, load_preset_data, require_champion
+
+    data = load_preset_data(PRESET)
+    body = json.loads((_bank_folder(home) / "bank.json").read_text())
+    assert body["plan"]["manifest_order"] == order_digest(data.train)
+    paths, champion = StatePaths(home.resolve()), require_champion(NAME)
+    assert find_bank(paths, data, champion) is not None
+    reordered = PresetData(PRESET, data.train.select([*range(1, len(data.train)), 0]), data.test)
+    assert reordered.manifest_digest == data.manifest_digest
+    with pytest.raises(BankMismatchError, match="another order"):
+        find_bank(paths, reordered, champion)
+
+
 def test_a_crash_while_training_the_bank_leaves_the_old_bank_in_use(
     home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -179,7 +198,12 @@ def test_a_new_bank_leaves_erased_rows_out_of_every_member(home: Path) -> None:
     from hamu_pipeline.tasks.models import require_champion
 
     recipe = champion_recipe(require_champion(NAME))
-    bank = load_bank(_bank_folder(home), manifest_digest=data.manifest_digest, recipe=recipe)
+    bank = load_bank(
+        _bank_folder(home),
+        manifest_digest=data.manifest_digest,
+        manifest_order=data.manifest_order,
+        recipe=recipe,
+    )
     rows = np.asarray([data.positions[r] for r in erased])
     assert not bank.membership[:, rows].any()
     assert body["plan"]["seed"] == 3

@@ -76,7 +76,9 @@ def _copy(pristine: Path, parent: Path) -> Path:
 
 
 def _load(folder: Path, plan: BankPlan) -> Bank:
-    return load_bank(folder, manifest_digest=plan.manifest_digest, recipe=RECIPE)
+    return load_bank(
+        folder, manifest_digest=plan.manifest_digest, manifest_order=plan.manifest_order, recipe=RECIPE
+    )
 
 
 def _files(folder: Path) -> dict[str, bytes]:
@@ -180,10 +182,19 @@ def test_write_then_load_round_trips(pristine: Path, plan: BankPlan, members: li
 
 # ---------------------------------------------------------------------------------------------- refusals
 def test_load_refuses_another_manifest_or_recipe(pristine: Path, plan: BankPlan) -> None:
+    order = plan.manifest_order
     with pytest.raises(BankMismatchError, match="another training manifest"):
-        load_bank(pristine, manifest_digest="f" * 64, recipe=RECIPE)
+        load_bank(pristine, manifest_digest="f" * 64, manifest_order=order, recipe=RECIPE)
+    # another manifest has another order too: the message still names the manifest, not the order
+    with pytest.raises(BankMismatchError, match="another training manifest"):
+        load_bank(pristine, manifest_digest="f" * 64, manifest_order="0" * 64, recipe=RECIPE)
     with pytest.raises(BankMismatchError, match="another recipe"):
-        load_bank(pristine, manifest_digest=plan.manifest_digest, recipe={**RECIPE, "epochs": 3})
+        load_bank(
+            pristine,
+            manifest_digest=plan.manifest_digest,
+            manifest_order=order,
+            recipe={**RECIPE, "epochs": 3},
+        )
 
 
 def test_load_refuses_the_manifest_in_another_order(pristine: Path, plan: BankPlan, tmp_path: Path) -> None:
@@ -194,7 +205,7 @@ def test_load_refuses_the_manifest_in_another_order(pristine: Path, plan: BankPl
     )
     assert bank.plan.bank_id == plan.bank_id
     with pytest.raises(BankMismatchError, match="another order"):
-        load_bank(pristine, manifest_digest=plan.manifest_digest, recipe=RECIPE, manifest_order="0" * 64)
+        load_bank(pristine, manifest_digest=plan.manifest_digest, manifest_order="0" * 64, recipe=RECIPE)
     folder = _copy(pristine, tmp_path)  # a bank.json from before the order was recorded
     body = json.loads((folder / BANK_FILE).read_text())
     del body["plan"]["manifest_order"]

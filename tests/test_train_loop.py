@@ -20,7 +20,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from hamu.data import dataset_digest, tabular_dataset
+from hamu.data import dataset_digest, order_digest, tabular_dataset
 from hamu.plugins import PluginImportError, source_digest
 from hamu.train import Recipe, train_model
 from hamu.train.bank import (
@@ -374,18 +374,50 @@ def test_a_loss_is_checked_at_the_model_width_and_before_any_loop(project: Path)
 
 
 # ------------------------------------------------------------------------------ the code behind the names
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+def _sha256(*paths: Path) -> str:
+    """The source digest's definition, computed here by hand: SHA-256 over each file's SHA-256 hex line."""
+    lines = "".join(hashlib.sha256(p.read_bytes()).hexdigest() + "\n" for p in sorted(paths, key=str))
+    return hashlib.sha256(lines.encode()).hexdigest()
 
 
-def test_the_source_digest_is_the_defining_files_and_follows_an_edit(project: Path) -> None:
+def _reimport(*names: str) -> None:
+    """What a new process sees: the modules imported afresh from their files."""
+    for name in names:
+        sys.modules.pop(name, None)
+
+
+def test_the_source_digest_covers_the_defining_file_and_keeps_the_code_that_ran(project: Path) -> None:
     loops = project / "proj_loops.py"
     assert source_digest("proj_loops:constant") == _sha256(loops)
     assert source_digest("proj_loops:Squares") == _sha256(loops)  # a class: its defining file too
     loops.write_text(loops.read_text() + "\n# tuned the schedule\n")
+    # this process still runs the module it imported: its digest is that code's, not the edited file's
+    assert source_digest("proj_loops:constant") != _sha256(loops)
+    _reimport("proj_loops")
     assert source_digest("proj_loops:constant") == _sha256(loops)
     with pytest.raises(PluginImportError, match="no_such_module"):
         source_digest("no_such_module:train")
+
+
+def test_a_wrapped_plugin_is_digested_with_its_own_module(project: Path) -> None:
+    """A loss wrapped by a decorator defined elsewhere: both files count, so editing either one shows."""
+    (project / "proj_deco.py").write_text(
+        "import functools\n\n\ndef logged(fn):\n    @functools.wraps(fn)\n"
+        "    def inner(*a, **k):\n        return fn(*a, **k)\n    return inner\n"
+    )
+    losses = project / "proj_losses.py"
+    losses.write_text(
+        "import torch.nn.functional as F\nfrom proj_deco import logged\n\n\n"
+        "@logged\ndef ce(logits, targets):\n    return F.cross_entropy(logits, targets)\n"
+    )
+    try:
+        first = source_digest("proj_losses:ce")
+        assert first == _sha256(losses, project / "proj_deco.py")
+        losses.write_text(losses.read_text() + "\n# weights changed\n")
+        _reimport("proj_losses", "proj_deco")
+        assert source_digest("proj_losses:ce") != first
+    finally:
+        _reimport("proj_losses", "proj_deco")
 
 
 def test_a_checkpoint_records_the_code_behind_its_plugins(project: Path) -> None:
@@ -402,28 +434,39 @@ def test_a_checkpoint_records_the_code_behind_its_plugins(project: Path) -> None
 def test_a_bank_trained_with_other_code_under_the_same_name_is_refused(project: Path, tmp_path: Path) -> None:
     data = _table()
     recipe = _recipe("proj_loops:sgd").to_dict()
-    plan = BankPlan(dataset_digest(data), recipe, len(data), n_models=2, seed=1)
+    plan = BankPlan(dataset_digest(data), recipe, len(data), 2, 1, order_digest(data))
     folder = write_bank(
         tmp_path / "bank", plan, [train_member(data, plan, k) for k in range(2)], train_seconds=1.0
     )
     stored = read_bank_file(folder)["plan"]
     assert stored["plugin_code"] == {"train_loop": _sha256(project / "proj_loops.py")}
-    assert load_bank(folder, manifest_digest=plan.manifest_digest, recipe=recipe).plan.bank_id == plan.bank_id
+    assert (
+        load_bank(
+            folder, manifest_digest=plan.manifest_digest, manifest_order=plan.manifest_order, recipe=recipe
+        ).plan.bank_id
+        == plan.bank_id
+    )
 
     loops = project / "proj_loops.py"
     original = loops.read_text()
     loops.write_text(original.replace("def sgd(", "def sgd(  ", 1))  # same name, other code
+    _reimport("proj_loops")  # as a later process would import it
     with pytest.raises(
         BankMismatchError, match=r"other code under the recipe's plugin names \(train_loop 'proj_loops:sgd'"
     ):
-        load_bank(folder, manifest_digest=plan.manifest_digest, recipe=recipe)
+        load_bank(
+            folder, manifest_digest=plan.manifest_digest, manifest_order=plan.manifest_order, recipe=recipe
+        )
 
     loops.write_text(original)  # the code as trained, but a bank.json from before code digests
+    _reimport("proj_loops")
     body = json.loads((folder / BANK_FILE).read_text())
     del body["plan"]["plugin_code"]
     (folder / BANK_FILE).write_text(json.dumps(body))
     with pytest.raises(BankMismatchError, match="predates code digests"):
-        load_bank(folder, manifest_digest=plan.manifest_digest, recipe=recipe)
+        load_bank(
+            folder, manifest_digest=plan.manifest_digest, manifest_order=plan.manifest_order, recipe=recipe
+        )
 
 
 def test_a_plugin_free_bank_keeps_its_id() -> None:

@@ -34,6 +34,7 @@ import numpy as np
 from hamu.data.digest import dataset_digest, order_digest
 from hamu.evaluation.bank import assign_membership
 from hamu.models import load_checkpoint
+from hamu.plugins import PluginImportError
 from hamu.train.recipe import Recipe, plugin_code_digests
 from hamu.train.trainer import TrainedModel, featurizer_from_metadata, train_model
 
@@ -215,6 +216,8 @@ def write_bank(
         for k, member in enumerate(members):
             if member.metadata.get("bank_id") != plan.bank_id or member.metadata.get("bank_member") != k:
                 raise BankError(f"member {k} was not trained for bank {plan.bank_id}")
+            if member.metadata.get("plugin_code", {}) != plan.plugin_code:
+                raise BankError(f"member {k} was trained with other code under the recipe's plugin names")
             path = member.save(staging / f"member-{k}.safetensors")
             entries.append(
                 {"member": k, "file": path.name, "sha256": _sha256(path), "rows": int(membership[k].sum())}
@@ -254,27 +257,29 @@ def read_bank_file(folder: Path) -> dict[str, Any]:
 
 
 def load_bank(
-    folder: Path, *, manifest_digest: str, recipe: Mapping[str, Any], manifest_order: str | None = None
+    folder: Path, *, manifest_digest: str, manifest_order: str | None, recipe: Mapping[str, Any]
 ) -> Bank:
     """Load the bank at ``folder`` for this manifest and recipe, verifying every file against ``bank.json``.
 
-    Raises :class:`BankMismatchError` for a bank of another manifest or recipe (it is never silently used)
-    and :class:`BankIntegrityError` for a changed, missing or truncated file. With ``manifest_order`` (the
-    manifest's :func:`~hamu.data.digest.order_digest`) a bank of the same rows in another order, or one that
-    did not record its order, is refused too: its membership would name other rows.
+    Raises :class:`BankMismatchError` for a bank of another manifest, row order, recipe or plugin code (it
+    is never silently used) and :class:`BankIntegrityError` for a changed, missing or truncated file.
+    ``manifest_order`` is the manifest's :func:`~hamu.data.digest.order_digest`: a bank of the same rows in
+    another order, or one that did not record its order, is refused, since its membership would name other
+    rows. It is required so that every caller decides; ``None`` skips the order check (for inspecting a
+    bank without its manifest at hand, never for using one as evidence).
     """
     body = read_bank_file(folder)
     stored = body["plan"]
+    if stored["manifest_digest"] != manifest_digest:
+        raise BankMismatchError(
+            f"the bank at {folder} was trained on another training manifest "
+            f"({stored['manifest_digest'][:12]}…, this one is {manifest_digest[:12]}…); train a new bank"
+        )
     stored_order = stored.get("manifest_order")
     if manifest_order is not None and stored_order != manifest_order:
         raise BankMismatchError(
             f"the bank at {folder} was trained on the manifest's rows in another order, or predates the "
             "order binding: its members' rows are positions; train a new bank"
-        )
-    if stored["manifest_digest"] != manifest_digest:
-        raise BankMismatchError(
-            f"the bank at {folder} was trained on another training manifest "
-            f"({stored['manifest_digest'][:12]}…, this one is {manifest_digest[:12]}…); train a new bank"
         )
     if stored["recipe_digest"] != recipe_digest(recipe):
         raise BankMismatchError(
@@ -289,10 +294,14 @@ def load_bank(
         stored_order,
     )
     stored_code = stored.get("plugin_code", {})
+    try:
+        current_code = plan.plugin_code
+    except PluginImportError as exc:
+        raise BankMismatchError(
+            f"the bank at {folder} cannot be checked against the code behind the recipe's plugin names: {exc}"
+        ) from exc
     changed = sorted(
-        k
-        for k in plan.plugin_code.keys() | stored_code.keys()
-        if plan.plugin_code.get(k) != stored_code.get(k)
+        k for k in current_code.keys() | stored_code.keys() if current_code.get(k) != stored_code.get(k)
     )
     if changed:
         named = ", ".join(f"{k} {recipe.get(k)!r}" for k in changed)

@@ -102,14 +102,17 @@ class Recipe:
         return replace(self, **changes)
 
 
-def plugin_code_digests(recipe: Recipe | Mapping[str, Any]) -> dict[str, str]:
-    """``{field: SHA-256 of its source file}`` for each plugin the recipe names (empty when it names none).
+def plugin_code_digests(
+    recipe: Recipe | Mapping[str, Any], *, fields: tuple[str, ...] = PLUGIN_FIELDS
+) -> dict[str, str]:
+    """``{field: source digest}`` (:func:`hamu.plugins.source_digest`) for each plugin of ``fields`` the
+    recipe names (empty when it names none).
 
     Why next to the recipe: the recipe's digest covers the plugins' names only; these bind the code behind
     them, for checkpoints' lineage and for refusing a bank trained with other code.
     """
     named = recipe.to_dict() if isinstance(recipe, Recipe) else dict(recipe)
-    return {name: source_digest(str(named[name])) for name in PLUGIN_FIELDS if named.get(name)}
+    return {name: source_digest(str(named[name])) for name in fields if named.get(name)}
 
 
 @dataclass(frozen=True)

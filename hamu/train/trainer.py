@@ -332,6 +332,12 @@ def train_model(
     spec = spec or spec_of(data)
     # The recipe's loss is checked before any training, whichever loop runs: unlearning differentiates it.
     recipe_loss(recipe, spec.num_classes)
+    # Digested before anything runs: the code recorded is the code this process imported and runs. A plugin
+    # that does not import is refused by name where it is resolved below.
+    try:
+        plugin_code: dict[str, str] | None = plugin_code_digests(recipe)
+    except PluginImportError:
+        plugin_code = None
     start = time.perf_counter()
     data_digest = dataset_digest(data)
     featurizer = recipe_featurizer(recipe, spec, data)
@@ -371,6 +377,7 @@ def train_model(
         data_digest=data_digest,
         eval_sets=eval_sets,
         history=history,
+        plugin_code=plugin_code_digests(recipe) if plugin_code is None else plugin_code,
     )
     metadata.update(
         {
@@ -395,9 +402,12 @@ def _model_metadata(
     data_digest: str,
     eval_sets: Mapping[str, Any] | None,
     history: list[dict[str, float]],
+    plugin_code: Mapping[str, str],
 ) -> dict[str, Any]:
     """What a checkpoint records of a model and the data it stands for, and its metrics on ``data`` and
-    ``eval_sets``: one schema for a model hamu trained and one it adopted."""
+    ``eval_sets``: one schema for a model hamu trained and one it adopted. ``plugin_code`` is the SHA-256
+    of the code behind the recipe's plugin names that served this model (absent from the metadata when
+    empty)."""
     metrics: dict[str, Any] = {"train": evaluate_model(model, data, featurizer)}
     for name, ds in (eval_sets or {}).items():
         metrics[name] = evaluate_model(model, ds, featurizer)
@@ -417,9 +427,8 @@ def _model_metadata(
         "history": history,
         "torch_version": torch.__version__,
     }
-    code = plugin_code_digests(recipe)
-    if code:  # which code ran under the recipe's plugin names (absent when it names none)
-        metadata["plugin_code"] = code
+    if plugin_code:  # which code served under the recipe's plugin names (absent when it names none)
+        metadata["plugin_code"] = dict(plugin_code)
     return metadata
 
 
@@ -477,6 +486,9 @@ def adopt_weights(
         data_digest=dataset_digest(data),
         eval_sets=eval_sets,
         history=[],
+        # No training loop ran here (the weights were trained elsewhere): only the featurizer that encoded
+        # the data and the loss unlearning will differentiate are code hamu used for this model.
+        plugin_code=plugin_code_digests(recipe, fields=("featurizer", "loss")),
     )
     metadata.update(dict(extra_metadata or {}))
     return TrainedModel(model=model, featurizer=featurizer, metadata=metadata)
