@@ -8,6 +8,7 @@ differentiable scalar)."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import sys
@@ -25,6 +26,7 @@ from hamu.plugins import PluginImportError, source_digest
 from hamu.train import Recipe, train_model
 from hamu.train.bank import (
     BANK_FILE,
+    BankError,
     BankMismatchError,
     BankPlan,
     load_bank,
@@ -435,9 +437,14 @@ def test_a_bank_trained_with_other_code_under_the_same_name_is_refused(project: 
     data = _table()
     recipe = _recipe("proj_loops:sgd").to_dict()
     plan = BankPlan(dataset_digest(data), recipe, len(data), 2, 1, order_digest(data))
-    folder = write_bank(
-        tmp_path / "bank", plan, [train_member(data, plan, k) for k in range(2)], train_seconds=1.0
+    members = [train_member(data, plan, k) for k in range(2)]
+    stale = dataclasses.replace(
+        members[1], metadata={**members[1].metadata, "plugin_code": {"train_loop": "0"}}
     )
+    with pytest.raises(BankError, match="member 1 was trained with other code"):
+        write_bank(tmp_path / "stale", plan, [members[0], stale], train_seconds=1.0)
+    assert not (tmp_path / "stale").exists()
+    folder = write_bank(tmp_path / "bank", plan, members, train_seconds=1.0)
     stored = read_bank_file(folder)["plan"]
     assert stored["plugin_code"] == {"train_loop": _sha256(project / "proj_loops.py")}
     assert (
