@@ -258,8 +258,10 @@ class HamuTransform:
         kappa2 = eff_norm * xp.sqrt(clamp0(xp, other_sq - (B_total / safe_R) ** 2))
 
         # Back to tensors, a handful of conversions for the whole step (see hamu.core.arrays.to_tensors).
-        per_block = to_tensors(
-            coef_retain, coef_forget, cost, retain_change, forget_change, k1, k2, R, Bt, coef_r, coef_f
+        c_r, c_f, cost_t, retain_t, forget_t, k1_t, k2_t, radius_t, constraint_t, coef_r_t, coef_f_t = (
+            to_tensors(
+                coef_retain, coef_forget, cost, retain_change, forget_change, k1, k2, R, Bt, coef_r, coef_f
+            )
         )
         totals = to_tensors(
             kappa.sum(),
@@ -271,14 +273,12 @@ class HamuTransform:
             B_total,
         )
         flags = to_tensors(stop_infeasible, degradation)
-        coef_r_t, coef_f_t = per_block[9], per_block[10]
         if cfg.mode == "global":
             update = coef_r_t * retain + coef_f_t * forget
         else:
             update = layout.combine(coef_r_t, retain, coef_f_t, forget)
         # The combination is formed in the scalar dtype (its two terms can nearly cancel), then rounded once.
         update = update.to(out_dtype)
-        c_r, c_f, cost_t, retain_t, forget_t, k1_t, k2_t = per_block[:7]
         solved = BlockCoefficients(
             c_r, c_f, to_tensor(branch), cost_t, retain_t, forget_t, k1_t, k2_t, to_tensor(unavoidable)
         )
@@ -286,8 +286,8 @@ class HamuTransform:
             update=update,
             blocks=solved,
             kappa=to_tensor(kappa),
-            radius=per_block[7],
-            constraint=per_block[8],
+            radius=radius_t,
+            constraint=constraint_t,
             kappa_global=totals[0],
             kappa1_global=totals[1],
             kappa2_global=totals[2],

@@ -186,8 +186,8 @@ def dataset_digest(ds: Any) -> str:
 def order_digest(ds: Any) -> str:
     """The order digest (see the module docstring): SHA-256 hex of the record IDs in row order."""
     h = hashlib.sha256(_ORDER_DOMAIN)
-    for record_id in arrow_table(ds).column(RECORD_ID).to_pylist():
-        h.update(_prefixed(str(record_id).encode()))
+    for record_id in record_ids(ds):
+        h.update(_prefixed(record_id.encode()))
     return h.hexdigest()
 
 

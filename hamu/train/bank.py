@@ -90,6 +90,16 @@ class BankPlan:
         the same names are no evidence (empty for a recipe without plugins)."""
         return plugin_code_digests(self.recipe)
 
+    def _bindings(self) -> dict[str, Any]:
+        """The optional bindings, in the ID and in ``bank.json`` alike: each is absent when unset, so a bank
+        of a plugin-free recipe keeps the ID it had before plugin code was bound."""
+        bindings: dict[str, Any] = {}
+        if self.plugin_code:
+            bindings["plugin_code"] = self.plugin_code
+        if self.manifest_order is not None:
+            bindings["manifest_order"] = self.manifest_order
+        return bindings
+
     @property
     def bank_id(self) -> str:
         body: dict[str, Any] = {
@@ -98,11 +108,7 @@ class BankPlan:
             "n_rows": self.n_rows,
             "n_models": self.n_models,
             "seed": self.seed,
-        }
-        if self.plugin_code:  # absent otherwise, so banks of plugin-free recipes keep their IDs
-            body["plugin_code"] = self.plugin_code
-        if self.manifest_order is not None:
-            body["manifest_order"] = self.manifest_order
+        } | self._bindings()
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
 
     def membership(self) -> np.ndarray:
@@ -114,19 +120,15 @@ class BankPlan:
         return Recipe.from_dict(dict(self.recipe)).with_options(seed=self.seed * 1000 + k + 1)
 
     def to_dict(self) -> dict[str, Any]:
-        return (
-            {
-                "manifest_digest": self.manifest_digest,
-                "recipe": dict(self.recipe),
-                "recipe_digest": recipe_digest(self.recipe),
-                "n_rows": self.n_rows,
-                "n_models": self.n_models,
-                "seed": self.seed,
-                "bank_id": self.bank_id,
-            }
-            | ({"plugin_code": self.plugin_code} if self.plugin_code else {})
-            | ({"manifest_order": self.manifest_order} if self.manifest_order is not None else {})
-        )
+        return {
+            "manifest_digest": self.manifest_digest,
+            "recipe": dict(self.recipe),
+            "recipe_digest": recipe_digest(self.recipe),
+            "n_rows": self.n_rows,
+            "n_models": self.n_models,
+            "seed": self.seed,
+            "bank_id": self.bank_id,
+        } | self._bindings()
 
 
 def train_member(
